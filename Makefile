@@ -1,0 +1,40 @@
+# The two commands of the README, and the set-up they share.
+#   make check   set-up, then `convformer-fast info` and a preset through every backend
+#   make test    set-up, then the whole test suite (this is what .ci/run runs)
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# CUDA sources are compiled and linked wherever nvcc exists, GPU or not.
+FORCE_CUDA ?= $(if $(shell command -v nvcc 2>/dev/null),1,0)
+MAX_JOBS ?= 2
+export FORCE_CUDA MAX_JOBS
+SOURCES := setup.py requirements.txt $(shell find csrc kernels -type f 2>/dev/null)
+
+CMAKE_BUILD_DIR ?= build/cmake
+
+.PHONY: setup check test cmake-test clean
+
+setup: .setup-stamp
+
+.setup-stamp: $(SOURCES)
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-build-isolation -e .
+	touch $@
+
+check: setup
+	convformer-fast info
+	convformer-fast check --preset h36m-243
+
+test: setup
+	$(PYTHON) -m pytest tests -q
+	$(MAKE) cmake-test
+
+# The op library and its C++ test, built against libtorch as a C++ user would.
+cmake-test: setup
+	TORCH_CUDA_ARCH_LIST="8.0;9.0" cmake -S . -B $(CMAKE_BUILD_DIR) -DCMAKE_BUILD_TYPE=Release \
+		-DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+		$$($(PYTHON) convformer_fast/_toolchain.py cmake-args)
+	cmake --build $(CMAKE_BUILD_DIR) -j$(MAX_JOBS)
+	ctest --test-dir $(CMAKE_BUILD_DIR) --output-on-failure
+
+clean:
+	rm -rf build .setup-stamp convformer_fast/_C*.so *.egg-info

@@ -1,0 +1,183 @@
+"""Backends: how a fast DMHCSA layer computes. Each declares what it supports and why not.
+
+A backend is a small object with ``unavailable_reason()`` (does it work in this
+environment at all), ``not_supported_reasons(x)`` (can it serve this input) and
+``attention(module, x)``. ``"auto"`` walks a per-device priority list; an explicitly named
+backend that cannot serve raises with its reasons instead of silently falling back.
+The environment variable ``CONVFORMER_FAST_BACKEND`` overrides what ``"auto"`` picks.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from ._extension import EXTENSION_ERROR, extension_loaded
+from .reference import DMHCSA, SPATIAL
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+AUTO = "auto"
+AUTO_ENV_VAR = "CONVFORMER_FAST_BACKEND"
+
+
+def merge_heads(out: torch.Tensor) -> torch.Tensor:
+    """(N, h, S, dh) -> (N, S, h*dh)."""
+    n, h, s, dh = out.shape
+    return out.transpose(1, 2).reshape(n, s, h * dh)
+
+
+class Backend:
+    name: str = ""
+    description: str = ""
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run in this environment, or None if it can."""
+        return None
+
+    def not_supported_reasons(self, x: torch.Tensor) -> list[str]:
+        reasons = []
+        if self.unavailable_reason():
+            reasons.append(self.unavailable_reason())
+        if x.device.type not in self.devices:
+            reasons.append(f"device {x.device.type!r} not in {list(self.devices)}")
+        if x.dtype not in self.dtypes:
+            reasons.append(f"dtype {x.dtype} not in {[str(d) for d in self.dtypes]}")
+        return reasons
+
+    def attention(self, module: DMHCSA, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(f"backend {self.name!r} has no attention implementation")
+
+
+class EagerBackend(Backend):
+    name = "eager"
+    description = "the reference math: one Conv1d per kernel size, explicit softmax"
+
+    def attention(self, module, x):
+        return DMHCSA.forward(module, x)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    description = "exact fold in plain PyTorch: one Conv1d for Q, K and V, then SDPA"
+
+    def attention(self, module, x):
+        weight, bias = module.folded_qkv()
+        n, s, f = x.shape
+        h, dh = module.num_heads, module.head_dim
+        pad = weight.shape[-1] // 2
+        if module.layout == SPATIAL:
+            y = F.conv1d(x.transpose(1, 2), weight, bias, padding=pad)  # (N, 3F, S)
+            q, k, v = y.view(n, 3, h, dh, s).permute(1, 0, 2, 4, 3).unbind(0)
+        else:
+            y = F.conv1d(x, weight, bias, padding=pad)  # (N, 3S, F)
+            q, k, v = y.view(n, 3, s, h, dh).permute(1, 0, 3, 2, 4).unbind(0)
+        return merge_heads(F.scaled_dot_product_attention(q, k, v))
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+    description = "C++ kernels of convformer_fast._C (folded conv-QKV written head-split)"
+    devices = ("cpu",)
+
+    def unavailable_reason(self):
+        return EXTENSION_ERROR
+
+    def attention(self, module, x):
+        weight, bias = module.folded_qkv()
+        qkv = ops.qkv_projection(x, weight, bias, module.num_heads, module.layout)
+        q, k, v = qkv.unbind(0)
+        return merge_heads(F.scaled_dot_product_attention(q, k, v))
+
+
+class PlannedBackend(Backend):
+    """A backend of the design (ARCHITECTURE.md section 3) that this version does not ship."""
+
+    def __init__(self, name: str, description: str):
+        self.name, self.description = name, description
+
+    def unavailable_reason(self):
+        return f"the {self.name!r} backend is not part of this version yet"
+
+
+BACKENDS: dict[str, Backend] = {
+    backend.name: backend
+    for backend in (
+        EagerBackend(),
+        TorchBackend(),
+        CpuBackend(),
+        PlannedBackend("triton", "fused Triton kernels (GPU; CPU through TRITON_INTERPRET=1)"),
+        PlannedBackend("cuda", "hand-written CUDA kernels"),
+        PlannedBackend("cuda_emulated", "the CUDA kernel source run on the CPU by an emulator"),
+    )
+}
+BACKEND_NAMES = (AUTO,) + tuple(BACKENDS)
+# What "auto" tries, fastest first, per device type.
+AUTO_PRIORITY = {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")}
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    available: bool
+    reason: str  # why it is unavailable; empty when available
+    devices: tuple[str, ...]
+    description: str
+
+
+def available_backends() -> dict[str, BackendInfo]:
+    """Every backend, whether it works in this environment, and why not if it does not."""
+    infos = {}
+    for name, backend in BACKENDS.items():
+        reason = backend.unavailable_reason()
+        infos[name] = BackendInfo(name, reason is None, reason or "", backend.devices, backend.description)
+    return infos
+
+
+def check_backend_name(name: str) -> str:
+    """Validate a ``backend=`` argument; an explicitly named backend must be usable here."""
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"backend: unknown backend {name!r}; expected one of {list(BACKEND_NAMES)}")
+    if name != AUTO and BACKENDS[name].unavailable_reason():
+        raise ValueError(f"backend: {name!r} is unavailable: {BACKENDS[name].unavailable_reason()}")
+    return name
+
+
+_warned_fallback = False
+
+
+def select_backend(name: str, x: torch.Tensor) -> Backend:
+    """The backend that computes for input ``x`` under the module setting ``name``."""
+    if name == AUTO:
+        override = os.environ.get(AUTO_ENV_VAR)
+        if override:
+            name = check_backend_name(override)
+    if name != AUTO:
+        backend = BACKENDS[name]
+        reasons = backend.not_supported_reasons(x)
+        if reasons:
+            raise ValueError(f"backend {name!r} cannot run this input: " + "; ".join(reasons))
+        return backend
+    for candidate in AUTO_PRIORITY.get(x.device.type, ("torch",)):
+        backend = BACKENDS[candidate]
+        if not backend.not_supported_reasons(x):
+            _warn_if_extension_missing(candidate)
+            return backend
+    return BACKENDS["eager"]
+
+
+def _warn_if_extension_missing(chosen: str) -> None:
+    global _warned_fallback
+    if chosen == "torch" and not extension_loaded() and not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            f"convformer_fast: backend 'auto' falls back to 'torch': {EXTENSION_ERROR}",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,106 @@
+"""The ``convformer-fast`` command.
+
+    convformer-fast info                 versions, backends built and usable, CPU, threads
+    convformer-fast check [--preset P]   forward pass of a preset through every available
+                                         backend, max deviation from eager
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import torch
+
+from . import __version__
+from .backends import BACKENDS, available_backends
+from .fast import ConvFormerFast
+from .presets import PRESETS
+from .reference import ConvFormer
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cmd_info(args) -> int:
+    import os
+
+    print(f"convformer_fast {__version__}")
+    print(f"python          {platform.python_version()}")
+    print(f"torch           {torch.__version__} (CUDA build: {torch.version.cuda or 'no'}, "
+          f"CUDA available: {torch.cuda.is_available()})")
+    try:
+        import triton
+
+        print(f"triton          {triton.__version__}")
+    except ImportError:
+        print("triton          not installed")
+    print(f"cpu             {_cpu_model()}, {os.cpu_count()} logical cores, "
+          f"capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"threads         torch.get_num_threads() = {torch.get_num_threads()}")
+    cuda_ops = torch._C._dispatch_has_kernel_for_dispatch_key(
+        "convformer_fast::qkv_projection", "CUDA") if _has_op() else False
+    print(f"_C              {'loaded' if _has_op() else 'not loaded'}; CUDA kernels built: {cuda_ops}")
+    print("backends:")
+    for name, info in available_backends().items():
+        state = "available" if info.available else f"unavailable: {info.reason}"
+        print(f"  {name:<14} {state}")
+        print(f"  {'':<14} {info.description}; devices {list(info.devices)}")
+    return 0
+
+
+def _has_op() -> bool:
+    return hasattr(torch.ops, "convformer_fast") and hasattr(torch.ops.convformer_fast, "qkv_projection")
+
+
+def cmd_check(args) -> int:
+    torch.manual_seed(0)
+    reference = ConvFormer.from_preset(args.preset).eval()
+    x = torch.randn(args.batch, reference.num_frames, reference.num_joints, 2)
+    with torch.inference_mode():
+        expected = reference(x)
+    print(f"{args.preset}: batch {args.batch}, output {tuple(expected.shape)}, fp32, eval")
+    print(f"{'backend':<10} {'max |fast - eager|':>20}")
+    worst = 0.0
+    for name, info in available_backends().items():
+        if not info.available or "cpu" not in info.devices:
+            continue
+        fast = ConvFormerFast.from_reference(reference, backend=name)
+        with torch.inference_mode():
+            deviation = (fast(x) - expected).abs().max().item()
+        worst = max(worst, deviation)
+        print(f"{name:<10} {deviation:>20.3e}")
+    skipped = [n for n, i in available_backends().items() if not i.available]
+    if skipped:
+        print(f"not run (unavailable here): {', '.join(skipped)}")
+    return 0 if worst < 1e-3 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convformer-fast", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, backends, CPU").set_defaults(func=cmd_info)
+    check = sub.add_parser("check", help="run a preset through every backend vs eager")
+    check.add_argument("--preset", default="h36m-243", choices=sorted(PRESETS))
+    check.add_argument("--batch", type=int, default=1)
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Drop-in fast modules: same constructor arguments, parameters and state_dict keys as the
+eager reference, plus ``backend=``.
+
+They subclass the reference modules, so ``fast.load_state_dict(ref.state_dict())`` works
+strictly in both directions and :func:`convert` can turn an eager module into a fast one in
+place (its parameters stay the same objects, so an optimizer keeps working).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import _checks
+from .backends import AUTO, check_backend_name, select_backend
+from .fold import fold_qkv
+from .reference import DMHCSA, ConvFormer, ConvFormerBlock
+
+
+class DMHCSAFast(DMHCSA):
+    """:class:`DMHCSA` computed by a fast backend (default ``"auto"``)."""
+
+    def __init__(self, *args, backend: str = AUTO, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_fast(backend)
+
+    def _init_fast(self, backend: str) -> None:
+        self.backend = check_backend_name(backend)
+        self._fold_cache = None  # (key, weight, bias), replaced whole, never mutated
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", backend={self.backend!r}"
+
+    def __getstate__(self):
+        state = super().__getstate__().copy()
+        state["_fold_cache"] = None  # derived data: never pickled or deep-copied
+        return state
+
+    def _fold_key(self) -> tuple:
+        # Parameter versions bump on every in-place update (optimizer steps, load_state_dict,
+        # .copy_()), data pointers change on .to() / re-assignment.
+        return tuple(
+            (p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters(recurse=True)
+        )
+
+    def folded_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The folded Q/K/V convolution (weight (3C, C, k_max), bias (3C,)).
+
+        With autograd off in eval mode the fold is cached and recomputed only when a
+        parameter changes; in training (or with gradients on) it is recomputed each call
+        so gradients flow through it and aggregation dropout draws a fresh mask.
+        """
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return fold_qkv(self.conv_groups(), self.aggregation_weights())
+        key = self._fold_key()  # taken before reading the weights: a racing update misses
+        cached = self._fold_cache
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        weight, bias = fold_qkv(self.conv_groups(), self.aggregation_weights())
+        self._fold_cache = (key, weight, bias)
+        return weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _checks.check_tokens(x, self.num_tokens, self.num_features, type(self).__name__)
+        return select_backend(self.backend, x).attention(self, x)
+
+
+class ConvFormerBlockFast(ConvFormerBlock):
+    """:class:`ConvFormerBlock` whose attention is a :class:`DMHCSAFast`."""
+
+    attention_cls = DMHCSAFast
+
+    def __init__(self, *args, backend: str = AUTO, **kwargs):
+        super().__init__(*args, backend=backend, **kwargs)
+
+
+class ConvFormerFast(ConvFormer):
+    """:class:`ConvFormer` built from fast blocks; ``backend`` applies to every layer."""
+
+    block_cls = ConvFormerBlockFast
+
+    def __init__(self, *args, backend: str = AUTO, **kwargs):
+        super().__init__(*args, backend=backend, **kwargs)
+
+    @property
+    def backend(self) -> str:
+        return next(m.backend for m in self.modules() if isinstance(m, DMHCSAFast))
+
+    def set_backend(self, backend: str) -> "ConvFormerFast":
+        """Switch every layer to ``backend``; returns self."""
+        check_backend_name(backend)
+        for module in self.modules():
+            if isinstance(module, DMHCSAFast):
+                module.backend = backend
+        return self
+
+    @classmethod
+    def from_reference(cls, model: ConvFormer, backend: str = AUTO) -> "ConvFormerFast":
+        """A fast copy of an eager ``model`` (same weights, dtype, device and mode)."""
+        if not isinstance(model, ConvFormer):
+            raise ValueError(f"model: got {type(model).__name__}, expected a ConvFormer")
+        param = next(model.parameters())
+        fast = cls(**model.config, backend=backend).to(device=param.device, dtype=param.dtype)
+        fast.load_state_dict(model.state_dict(), strict=True)
+        return fast.train(model.training)
+
+
+_FAST_TWIN = {DMHCSA: DMHCSAFast, ConvFormerBlock: ConvFormerBlockFast, ConvFormer: ConvFormerFast}
+
+
+def convert(module: nn.Module, backend: str = AUTO) -> nn.Module:
+    """Turn every eager DMHCSA / ConvFormerBlock / ConvFormer inside ``module`` (itself
+    included) into its fast twin, in place, and return ``module``.
+
+    The swap changes each module's class only: parameters, buffers, hooks and optimizer
+    references are untouched.
+    """
+    check_backend_name(backend)
+    for sub in module.modules():
+        twin = _FAST_TWIN.get(type(sub))
+        if twin is not None:
+            sub.__class__ = twin
+        if isinstance(sub, DMHCSAFast):
+            sub._init_fast(backend)
+    return module

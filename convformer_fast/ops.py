@@ -1,0 +1,57 @@
+"""Functional API over the compiled ops ``torch.ops.convformer_fast.*``.
+
+The schemas and device kernels live in csrc/; this module registers what torch needs to
+trace them (fake tensor kernels for torch.compile / torch.export) and their autograd
+formulas, whose backward calls the backward op (never a raw kernel).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._extension import EXTENSION_ERROR, extension_loaded
+
+
+def qkv_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_heads: int,
+                   layout: str) -> torch.Tensor:
+    """Folded conv-QKV projection of one DMHCSA layer.
+
+    x (N, S, F); weight (3C, C, k) and bias (3C,) from :func:`convformer_fast.fold.fold_qkv`,
+    C = F for ``layout="spatial"`` and C = S for ``"temporal"``.
+    Returns qkv (3, N, h, S, F/h): Q, K and V split into heads, each contiguous.
+    """
+    if not extension_loaded():
+        raise RuntimeError(f"qkv_projection: {EXTENSION_ERROR}")
+    return torch.ops.convformer_fast.qkv_projection(x, weight, bias, num_heads, layout)
+
+
+def _register() -> None:
+    lib = "convformer_fast::"
+
+    @torch.library.register_fake(lib + "qkv_projection")
+    def _qkv_projection_fake(x, weight, bias, num_heads, layout):
+        n, s, f = x.shape
+        torch._check(f % num_heads == 0, lambda: "qkv_projection: num_heads must divide F")
+        return x.new_empty((3, n, num_heads, s, f // num_heads))
+
+    @torch.library.register_fake(lib + "qkv_projection_backward")
+    def _qkv_projection_backward_fake(grad_qkv, x, weight, num_heads, layout):
+        return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
+
+    def setup_context(ctx, inputs, output):
+        x, weight, _bias, num_heads, layout = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.num_heads, ctx.layout = num_heads, layout
+
+    def backward(ctx, grad_qkv):
+        x, weight = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = torch.ops.convformer_fast.qkv_projection_backward(
+            grad_qkv, x, weight, ctx.num_heads, ctx.layout
+        )
+        return grad_x, grad_weight, grad_bias, None, None
+
+    torch.library.register_autograd(lib + "qkv_projection", backward, setup_context=setup_context)
+
+
+if extension_loaded():
+    _register()

@@ -1,0 +1,76 @@
+// CUDA registration of convformer_fast::qkv_projection (kernels/qkv_projection.cuh) and its
+// backward (ATen's convolution backward on the gradient gathered back into conv layout).
+// Launched on the current stream under a device guard.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "qkv_projection.cuh"
+#include "qkv_projection.h"
+
+namespace convformer_fast {
+namespace {
+
+constexpr int kThreads = 256;
+
+at::Tensor qkv_projection_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
+                               const at::Tensor& bias_in, int64_t num_heads,
+                               c10::string_view layout) {
+  const auto g = qkv_geometry("qkv_projection", x_in, weight_in, &bias_in, num_heads,
+                              std::string_view(layout.data(), layout.size()));
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  at::Tensor qkv = at::empty(qkv_shape(g), x.options());
+  const int64_t total = qkv.numel();
+  if (total == 0) return qkv;
+  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535LL * 8);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "qkv_projection_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    qkv_projection_direct_kernel<scalar_t, acc_t>
+        <<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+            bias.const_data_ptr<scalar_t>(), qkv.mutable_data_ptr<scalar_t>(), g);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return qkv;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_projection_backward_cuda(
+    const at::Tensor& grad_qkv, const at::Tensor& x, const at::Tensor& weight, int64_t num_heads,
+    c10::string_view layout) {
+  const auto g = qkv_geometry("qkv_projection_backward", x, weight, nullptr, num_heads,
+                              std::string_view(layout.data(), layout.size()));
+  const c10::cuda::CUDAGuard guard(x.device());
+  // (3, N, h, S, dh) -> conv layout (N, 3C, length).
+  at::Tensor grad_conv;
+  at::Tensor conv_input;
+  if (g.spatial) {
+    grad_conv = grad_qkv.permute({1, 3, 0, 2, 4}).reshape({g.batch, g.tokens, g.out_channels()}).transpose(1, 2);
+    conv_input = x.transpose(1, 2);
+  } else {
+    grad_conv = grad_qkv.permute({1, 0, 3, 2, 4}).reshape({g.batch, g.out_channels(), g.features});
+    conv_input = x;
+  }
+  auto grads = at::convolution_backward(
+      grad_conv.contiguous(), conv_input.contiguous(), weight, at::OptionalIntArrayRef({g.out_channels()}),
+      {1}, {g.pad()}, {1}, false, {0}, 1, {true, true, true});
+  at::Tensor grad_x = std::get<0>(grads);
+  if (g.spatial) grad_x = grad_x.transpose(1, 2);
+  return {grad_x.contiguous(), std::get<1>(grads), std::get<2>(grads)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(convformer_fast, CUDA, m) {
+  m.impl("qkv_projection", &qkv_projection_cuda);
+  m.impl("qkv_projection_backward", &qkv_projection_backward_cuda);
+}
+
+}  // namespace convformer_fast

@@ -1,0 +1,54 @@
+// Argument checks and geometry for convformer_fast::qkv_projection, shared by every device.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <string_view>
+
+#include "qkv_layout.h"
+
+namespace convformer_fast {
+
+// Validates (x, weight, bias) for the folded projection and returns its geometry.
+// Errors are ValueErrors in Python that name the op, the argument and the expectation.
+inline QkvGeometry qkv_geometry(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                const at::Tensor* bias, int64_t num_heads,
+                                std::string_view layout) {
+  TORCH_CHECK_VALUE(layout == "spatial" || layout == "temporal", op,
+                    ": layout must be 'spatial' or 'temporal', got '", std::string(layout), "'");
+  TORCH_CHECK_VALUE(x.dim() == 3, op, ": x must be (N, S, F), got shape ", x.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), op,
+                    ": x must be floating point, got ", x.scalar_type());
+  QkvGeometry g;
+  g.batch = x.size(0);
+  g.tokens = x.size(1);
+  g.features = x.size(2);
+  g.spatial = layout == "spatial";
+  TORCH_CHECK_VALUE(num_heads > 0 && g.features % num_heads == 0, op, ": num_heads=", num_heads,
+                    " must divide the feature size F=", g.features);
+  g.heads = num_heads;
+  const int64_t c = g.channels();
+  TORCH_CHECK_VALUE(weight.dim() == 3 && weight.size(0) == 3 * c && weight.size(1) == c &&
+                        weight.size(2) % 2 == 1,
+                    op, ": weight must be (3C, C, k) with C=", c, " and odd k for the ",
+                    std::string(layout), " layout of x ", x.sizes(), ", got ", weight.sizes());
+  g.kernel_size = weight.size(2);
+  TORCH_CHECK_VALUE(weight.scalar_type() == x.scalar_type(), op, ": weight dtype ",
+                    weight.scalar_type(), " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(weight.device() == x.device(), op, ": weight is on ", weight.device(),
+                    " but x is on ", x.device());
+  if (bias != nullptr) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == 3 * c, op, ": bias must be (",
+                      3 * c, ",), got ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->scalar_type() == x.scalar_type(), op, ": bias dtype ",
+                      bias->scalar_type(), " differs from x dtype ", x.scalar_type());
+    TORCH_CHECK_VALUE(bias->device() == x.device(), op, ": bias is on ", bias->device(),
+                      " but x is on ", x.device());
+  }
+  return g;
+}
+
+inline std::vector<int64_t> qkv_shape(const QkvGeometry& g) {
+  return {3, g.batch, g.heads, g.tokens, g.head_dim()};
+}
+
+}  // namespace convformer_fast

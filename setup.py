@@ -1,0 +1,101 @@
+"""Builds convformer_fast and its C++/CUDA extension convformer_fast._C.
+
+Install with ``pip install --no-build-isolation -e .`` once torch is installed: the
+extension compiles against the torch in your environment (an isolated build environment
+would download and build against a different torch, and the ops would fail to load).
+
+Environment:
+  FORCE_CUDA=1            build the CUDA kernels even where torch.cuda is not available
+                          (they are built by default when torch is a CUDA build and nvcc is found)
+  TORCH_CUDA_ARCH_LIST    GPU targets, default "8.0;9.0" (A100, H100)
+  CUDA_HOME               toolkit root; if unset and `nvcc` on PATH is a wrapper script that
+                          execs the real compiler, its toolkit is used
+  MAX_JOBS                parallel compile jobs (ninja)
+  DEBUG=1                 -O0 -g
+  NVCC_FLAGS              extra nvcc flags
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_toolchain():
+    spec = importlib.util.spec_from_file_location(
+        "_toolchain", os.path.join(ROOT, "convformer_fast", "_toolchain.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# torch.utils.cpp_extension reads CUDA_HOME when it is imported.
+_cuda_home = _load_toolchain().cuda_home()
+if _cuda_home:
+    os.environ["CUDA_HOME"] = _cuda_home
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _want_cuda() -> bool:
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    if os.environ.get("FORCE_CUDA") == "0":
+        return False
+    return torch.version.cuda is not None and _cuda_home is not None and os.path.exists(
+        os.path.join(_cuda_home, "bin", "nvcc")
+    )
+
+
+def _extension():
+    debug = os.environ.get("DEBUG", "0") == "1"
+    with_cuda = _want_cuda()
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx = opt + ["-std=c++20", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    extra = {"cxx": cxx}
+    ext_cls = CppExtension
+    if with_cuda:
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        # Warnings in our kernels are errors; torch's own headers are outside -Werror's reach
+        # because they come in through -isystem.
+        nvcc = opt + ["-std=c++20", "--expt-relaxed-constexpr", "-Xcompiler=-Wall",
+                      "-Werror=all-warnings"]
+        nvcc += os.environ.get("NVCC_FLAGS", "").split()
+        extra["nvcc"] = nvcc
+        ext_cls = CUDAExtension
+    print(
+        f"convformer_fast build: torch {torch.__version__}, cuda={with_cuda} "
+        f"(CUDA_HOME={_cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}), "
+        f"debug={debug}, sources={len(sources)}",
+        file=sys.stderr,
+    )
+    return ext_cls(
+        "convformer_fast._C",
+        sources,
+        include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "kernels")],
+        extra_compile_args=extra,
+        py_limited_api=False,
+    )
+
+
+setup(
+    name="convformer_fast",
+    version="0.1.0",
+    description="Fused kernels and drop-in modules for ConvFormer 3D human pose estimation",
+    packages=find_packages(include=["convformer_fast", "convformer_fast.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy"],
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    entry_points={"console_scripts": ["convformer-fast=convformer_fast.cli:main"]},
+    zip_safe=False,
+)

@@ -1,0 +1,190 @@
+"""Fast drop-in modules vs the eager reference: forward in eval, outputs and every gradient
+in train mode with the same RNG state, state_dict compatibility, convert, fold cache."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+import convformer_fast as cf
+from convformer_fast.fast import DMHCSAFast
+from convformer_fast.reference import DMHCSA
+
+from conftest import FORWARD_TOL, GRAD_TOL, MODEL_CONFIGS, assert_close
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights with eta far from uniform, so the fold is really exercised."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 1.5 if name.endswith("theta") else 0.3
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
+    return model
+
+
+def make_pair(config: dict, backend: str, dtype=torch.float32, **overrides):
+    torch.manual_seed(0)
+    ref = randomize(cf.ConvFormer(**config, **overrides)).to(dtype)
+    fast = cf.ConvFormerFast.from_reference(ref, backend=backend)
+    return ref, fast
+
+
+def make_input(model, batch=2, dtype=torch.float32, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, model.num_frames, model.num_joints, 2, generator=gen, dtype=dtype)
+
+
+@pytest.mark.parametrize("config", MODEL_CONFIGS, ids=str)
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_eval_forward_matches_eager(fast_backend, config, batch, dtype):
+    ref, fast = make_pair(MODEL_CONFIGS[config], fast_backend, dtype)
+    ref.eval(), fast.eval()
+    x = make_input(ref, batch, dtype)
+    with torch.inference_mode():
+        expected = ref(x)
+        actual = fast(x)
+    assert_close(actual, expected, FORWARD_TOL[dtype], f"{fast_backend} {config} forward")
+
+
+@pytest.mark.parametrize("config", MODEL_CONFIGS, ids=str)
+def test_train_step_matches_eager(fast_backend, config):
+    """Drop-path and aggregation dropout on: same RNG state -> same masks -> same outputs
+    and gradients for every parameter."""
+    ref, fast = make_pair(MODEL_CONFIGS[config], fast_backend, drop_path=0.3, agg_dropout=0.3)
+    ref.train(), fast.train()
+    x = make_input(ref, batch=3)
+    x_ref, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.manual_seed(123)
+    out_ref = ref(x_ref)
+    torch.manual_seed(123)
+    out_fast = fast(x_fast)
+    assert_close(out_fast, out_ref, GRAD_TOL[torch.float32], "train forward")
+    weights = torch.randn_like(out_ref)
+    (out_ref * weights).sum().backward()
+    (out_fast * weights).sum().backward()
+    assert_close(x_fast.grad, x_ref.grad, GRAD_TOL[torch.float32], "grad x")
+    fast_params = dict(fast.named_parameters())
+    for name, p in ref.named_parameters():
+        assert_close(fast_params[name].grad, p.grad, GRAD_TOL[torch.float32], f"grad {name}")
+
+
+def test_layer_level_modules(fast_backend):
+    torch.manual_seed(0)
+    for layout, tokens, features, heads in [("spatial", 15, 8, 2), ("temporal", 7, 60, 4)]:
+        ref = randomize(DMHCSA(layout, tokens, features, (3, 5), heads)).eval()
+        fast = DMHCSAFast(layout, tokens, features, (3, 5), heads, backend=fast_backend).eval()
+        fast.load_state_dict(ref.state_dict())
+        x = torch.randn(2, tokens, features)
+        assert_close(fast(x), ref(x), FORWARD_TOL[torch.float32], layout)
+        block_ref = cf.ConvFormerBlock(layout, tokens, features, (3,), heads).eval()
+        block_fast = cf.ConvFormerBlockFast(layout, tokens, features, (3,), heads,
+                                            backend=fast_backend).eval()
+        block_fast.load_state_dict(randomize(block_ref).state_dict())
+        assert_close(block_fast(x), block_ref(x), FORWARD_TOL[torch.float32], f"{layout} block")
+
+
+def test_state_dict_round_trip_is_strict():
+    ref = cf.ConvFormer(**MODEL_CONFIGS["t7_j15_mixed"])
+    fast = cf.ConvFormerFast(**MODEL_CONFIGS["t7_j15_mixed"], backend="torch")
+    assert list(ref.state_dict()) == list(fast.state_dict())
+    fast.load_state_dict(randomize(ref).state_dict(), strict=True)
+    back = cf.ConvFormer(**MODEL_CONFIGS["t7_j15_mixed"])
+    back.load_state_dict(fast.state_dict(), strict=True)
+    for a, b in zip(ref.state_dict().values(), back.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_from_preset_and_from_reference_keep_dtype_and_mode():
+    fast = cf.ConvFormerFast.from_preset("h36m-9", backend="torch")
+    assert fast.num_frames == 9 and fast.backend == "torch"
+    ref = cf.ConvFormer(**MODEL_CONFIGS["t5_j17_single"]).double().eval()
+    copy_ = cf.ConvFormerFast.from_reference(ref, backend="torch")
+    assert next(copy_.parameters()).dtype == torch.float64
+    assert not copy_.training
+    assert copy_.config == ref.config
+
+
+def test_convert_swaps_in_place_and_keeps_parameters(fast_backend):
+    class UserModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre = torch.nn.Linear(8, 8)
+            self.block = cf.ConvFormerBlock("spatial", 17, 8, (3, 5), 2)
+            self.attn = DMHCSA("temporal", 5, 8, (3,), 2)
+
+    model = randomize(UserModel()).eval()
+    x = torch.randn(2, 17, 8)
+    expected = model.block(x)
+    params_before = [id(p) for p in model.parameters()]
+    assert cf.convert(model, backend=fast_backend) is model
+    assert isinstance(model.block, cf.ConvFormerBlockFast)
+    assert isinstance(model.attn, cf.DMHCSAFast) and model.attn.backend == fast_backend
+    assert [id(p) for p in model.parameters()] == params_before
+    assert_close(model.block(x), expected, FORWARD_TOL[torch.float32], "converted block")
+
+
+def test_fold_cache_reused_and_invalidated():
+    layer = randomize(DMHCSAFast("temporal", 5, 12, (3, 5), 3, backend="torch")).eval()
+    x = torch.randn(2, 5, 12)
+    with torch.no_grad():
+        first = layer(x)
+        cached = layer._fold_cache
+        layer(x)
+        assert layer._fold_cache is cached  # reused, not recomputed
+        layer.query_convs[0].weight.add_(1.0)  # in-place update bumps the version
+        updated = layer(x)
+    assert layer._fold_cache is not cached
+    assert not torch.allclose(first, updated)
+    reference = DMHCSA("temporal", 5, 12, (3, 5), 3).eval()
+    reference.load_state_dict(layer.state_dict())
+    assert_close(updated, reference(x), FORWARD_TOL[torch.float32], "after update")
+
+
+def test_no_cache_when_grad_enabled():
+    layer = DMHCSAFast("spatial", 17, 8, (3,), 2, backend="torch").eval()
+    layer(torch.randn(1, 17, 8)).sum().backward()
+    assert layer._fold_cache is None
+    assert layer.theta.grad is not None
+
+
+def test_deepcopy_and_pickle_drop_cache():
+    model = cf.ConvFormerFast(**MODEL_CONFIGS["t5_j17_single"], backend="torch").eval()
+    x = make_input(model)
+    with torch.no_grad():
+        expected = model(x)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert all(m._fold_cache is None for m in clone.modules() if isinstance(m, DMHCSAFast))
+        with torch.no_grad():
+            torch.testing.assert_close(clone(x), expected)
+
+
+def test_backend_errors():
+    with pytest.raises(ValueError, match="unknown backend 'fastest'"):
+        cf.ConvFormerFast(**MODEL_CONFIGS["t5_j17_single"], backend="fastest")
+    with pytest.raises(ValueError, match="'triton' is unavailable"):
+        cf.DMHCSAFast("spatial", 17, 8, (3,), 2, backend="triton")
+    with pytest.raises(ValueError, match="unknown backend"):
+        cf.ConvFormerFast(**MODEL_CONFIGS["t5_j17_single"]).set_backend("nope")
+
+
+def test_available_backends_reports_reasons():
+    infos = cf.available_backends()
+    assert {"eager", "torch", "cpu", "triton", "cuda", "cuda_emulated"} <= set(infos)
+    assert infos["eager"].available and infos["torch"].available
+    for info in infos.values():
+        assert info.available == (info.reason == "")
+
+
+def test_auto_picks_cpu_kernels_when_built(monkeypatch):
+    from convformer_fast.backends import select_backend
+
+    x = torch.randn(1, 17, 8)
+    expected = "cpu" if cf.extension_loaded() else "torch"
+    assert select_backend("auto", x).name == expected
+    monkeypatch.setenv("CONVFORMER_FAST_BACKEND", "eager")
+    assert select_backend("auto", x).name == "eager"
