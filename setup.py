@@ -59,7 +59,9 @@ def _extension():
     debug = os.environ.get("DEBUG", "0") == "1"
     with_cuda = _want_cuda()
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = opt + ["-std=c++20", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
+    # -fno-trapping-math lets branch-free float code (fast_exp.h) vectorise; torch uses it too.
+    cxx = opt + ["-std=c++20", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",
+                 "-fno-trapping-math", "-fno-math-errno"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     extra = {"cxx": cxx}
     ext_cls = CppExtension

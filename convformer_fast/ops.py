@@ -25,6 +25,17 @@ def qkv_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, nu
     return torch.ops.convformer_fast.qkv_projection(x, weight, bias, num_heads, layout)
 
 
+def attention(qkv: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention ``softmax(Q K^T / sqrt(d)) V`` per head (paper eq. 7).
+
+    qkv (3, N, h, S, d) as returned by :func:`qkv_projection`; returns (N, S, h*d) with the
+    heads merged. The max-subtracted softmax is fused; no S x S matrix is kept.
+    """
+    if not extension_loaded():
+        raise RuntimeError(f"attention: {EXTENSION_ERROR}")
+    return torch.ops.convformer_fast.attention(qkv)[0]
+
+
 def _register() -> None:
     lib = "convformer_fast::"
 
@@ -51,6 +62,28 @@ def _register() -> None:
         return grad_x, grad_weight, grad_bias, None, None
 
     torch.library.register_autograd(lib + "qkv_projection", backward, setup_context=setup_context)
+
+    @torch.library.register_fake(lib + "attention")
+    def _attention_fake(qkv):
+        _, n, h, s, d = qkv.shape
+        return qkv.new_empty((n, s, h * d)), qkv.new_empty((n, h, s))
+
+    @torch.library.register_fake(lib + "attention_backward")
+    def _attention_backward_fake(grad_out, qkv, out, lse):
+        return qkv.new_empty(qkv.shape)
+
+    def attention_setup_context(ctx, inputs, output):
+        (qkv,) = inputs
+        out, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(qkv, out, lse)
+
+    def attention_backward(ctx, grad_out, _grad_lse):
+        qkv, out, lse = ctx.saved_tensors
+        return torch.ops.convformer_fast.attention_backward(grad_out, qkv, out, lse)
+
+    torch.library.register_autograd(lib + "attention", attention_backward,
+                                    setup_context=attention_setup_context)
 
 
 if extension_loaded():

@@ -11,4 +11,9 @@ TORCH_LIBRARY(convformer_fast, m) {
   m.def(
       "qkv_projection_backward(Tensor grad_qkv, Tensor x, Tensor weight, int num_heads, "
       "str layout) -> (Tensor, Tensor, Tensor)");
+  // Multi-head attention of one DMHCSA layer (paper eq. 7), heads merged on output:
+  // qkv (3, N, h, S, d) -> out (N, S, h*d), lse (N, h, S) = log-sum-exp of each score row.
+  m.def("attention(Tensor qkv) -> (Tensor, Tensor)");
+  // Gradient of attention w.r.t. qkv, recomputing the probabilities from lse.
+  m.def("attention_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse) -> Tensor");
 }

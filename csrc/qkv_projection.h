@@ -51,4 +51,24 @@ inline std::vector<int64_t> qkv_shape(const QkvGeometry& g) {
   return {3, g.batch, g.heads, g.tokens, g.head_dim()};
 }
 
+// x (N, S, F) as the Conv1d input (N, C, length) of its layout (a view, no copy).
+inline at::Tensor conv_input(const at::Tensor& x, const QkvGeometry& g) {
+  return g.spatial ? x.transpose(1, 2) : x;
+}
+
+// The Conv1d output (N, 3C, length) seen as qkv (3, N, h, S, F/h) (a view, no copy).
+inline at::Tensor qkv_view_of_conv(const at::Tensor& y, const QkvGeometry& g) {
+  const int64_t dh = g.head_dim();
+  if (g.spatial) return y.view({g.batch, 3, g.heads, dh, g.tokens}).permute({1, 0, 2, 4, 3});
+  return y.view({g.batch, 3, g.tokens, g.heads, dh}).permute({1, 0, 3, 2, 4});
+}
+
+// The inverse: qkv-shaped (3, N, h, S, F/h) -> Conv1d output layout (N, 3C, length).
+inline at::Tensor conv_layout_of_qkv(const at::Tensor& qkv, const QkvGeometry& g) {
+  if (g.spatial) {
+    return qkv.permute({1, 0, 2, 4, 3}).reshape({g.batch, g.out_channels(), g.tokens});
+  }
+  return qkv.permute({1, 0, 3, 2, 4}).reshape({g.batch, g.out_channels(), g.features});
+}
+
 }  // namespace convformer_fast

@@ -167,3 +167,86 @@ def test_qkv_projection_cuda(shape):
     theirs = torch.autograd.grad(reference_qkv(*args), args[:3], grad)
     for a, b in zip(mine, theirs):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- attention
+# (N, h, S, d): spatial heads (J = 15/17, d = 4), temporal heads (odd T, d = 68), T = 351
+# (the largest receptive field the issue names), one token.
+ATTENTION_SHAPES = [(5, 8, 17, 4), (3, 2, 15, 4), (1, 8, 27, 68), (2, 1, 9, 68), (1, 2, 351, 16), (2, 3, 1, 8)]
+
+
+def reference_attention(qkv):
+    q, k, v = qkv.unbind(0)
+    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    out = torch.softmax(scores, dim=-1) @ v  # (N, h, S, d)
+    n, h, s, d = out.shape
+    return out.transpose(1, 2).reshape(n, s, h * d), torch.logsumexp(scores, dim=-1)
+
+
+def make_qkv(n, h, s, d, dtype=torch.float32, scale=1.0):
+    gen = torch.Generator().manual_seed(n * 100 + s)
+    return (torch.randn(3, n, h, s, d, generator=gen, dtype=dtype) * scale).requires_grad_()
+
+
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_attention_matches_softmax_reference(shape, dtype):
+    qkv = make_qkv(*shape, dtype=dtype, scale=3.0)  # large logits: the max subtraction matters
+    out, lse = torch.ops.convformer_fast.attention(qkv)
+    expected_out, expected_lse = reference_attention(qkv)
+    # fp32: BLAS and the reference sum in different orders; with logits this large that
+    # costs up to ~2e-5 absolute on outputs of magnitude ~5.
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, expected_out, **tol)
+    torch.testing.assert_close(lse, expected_lse, **tol)
+    grad = torch.randn_like(out)
+    mine = torch.autograd.grad(out, qkv, grad)[0]
+    theirs = torch.autograd.grad(expected_out, qkv, grad)[0]
+    torch.testing.assert_close(mine, theirs, rtol=1e-3 if dtype == torch.float32 else 1e-10,
+                               atol=1e-4 if dtype == torch.float32 else 1e-12)
+
+
+def test_attention_does_not_overflow_on_huge_logits():
+    qkv = make_qkv(2, 2, 17, 4, scale=1e3).detach()
+    out = ops.attention(qkv)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, reference_attention(qkv)[0], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 5, 4), (1, 1, 70, 3)], ids=str)
+def test_attention_gradcheck_float64(shape):
+    qkv = make_qkv(*shape, dtype=torch.float64)
+    assert torch.autograd.gradcheck(ops.attention, (qkv,))
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 17, 4), (1, 2, 81, 68)], ids=str)
+def test_attention_opcheck(shape):
+    qkv = make_qkv(*shape)
+    torch.library.opcheck(torch.ops.convformer_fast.attention.default, (qkv,))
+    out, lse = torch.ops.convformer_fast.attention(qkv.detach())
+    torch.library.opcheck(torch.ops.convformer_fast.attention_backward.default,
+                          (torch.randn_like(out), qkv.detach(), out, lse))
+
+
+def test_attention_nan_stays_in_its_head():
+    qkv = make_qkv(2, 2, 9, 4).detach()
+    qkv[1, 0, 1, 3, 2] = float("nan")  # a key of sample 0, head 1
+    out = ops.attention(qkv)
+    assert out[0, :, 4:].isnan().all()  # head 1 of sample 0: every query sees that key
+    assert not out[0, :, :4].isnan().any() and not out[1].isnan().any()
+
+
+def test_attention_non_contiguous_input():
+    base = make_qkv(4, 2, 9, 4).detach()
+    strided = base[:, ::2]
+    torch.testing.assert_close(ops.attention(strided), reference_attention(strided)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.randn(2, 1, 2, 3, 4), r"qkv must be \(3, N, h, S, d_head\)"),
+    (torch.randn(3, 1, 2, 3), r"qkv must be \(3, N, h, S, d_head\)"),
+    (torch.randn(3, 1, 2, 3, 4, dtype=torch.float16), "float32 and float64"),
+])
+def test_attention_bad_input(bad, match):
+    with pytest.raises(ValueError, match="attention: .*" + match):
+        ops.attention(bad)

@@ -1,6 +1,6 @@
-// CUDA registration of convformer_fast::qkv_projection (kernels/qkv_projection.cuh) and its
-// backward (ATen's convolution backward on the gradient gathered back into conv layout).
-// Launched on the current stream under a device guard.
+// CUDA registration of convformer_fast::qkv_projection (kernels/qkv_projection.cuh),
+// launched on the current stream under a device guard. Its backward is the ATen one in
+// csrc/qkv_projection.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -10,7 +10,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <tuple>
 
 #include "qkv_projection.cuh"
 #include "qkv_projection.h"
@@ -42,35 +41,10 @@ at::Tensor qkv_projection_cuda(const at::Tensor& x_in, const at::Tensor& weight_
   return qkv;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_projection_backward_cuda(
-    const at::Tensor& grad_qkv, const at::Tensor& x, const at::Tensor& weight, int64_t num_heads,
-    c10::string_view layout) {
-  const auto g = qkv_geometry("qkv_projection_backward", x, weight, nullptr, num_heads,
-                              std::string_view(layout.data(), layout.size()));
-  const c10::cuda::CUDAGuard guard(x.device());
-  // (3, N, h, S, dh) -> conv layout (N, 3C, length).
-  at::Tensor grad_conv;
-  at::Tensor conv_input;
-  if (g.spatial) {
-    grad_conv = grad_qkv.permute({1, 3, 0, 2, 4}).reshape({g.batch, g.tokens, g.out_channels()}).transpose(1, 2);
-    conv_input = x.transpose(1, 2);
-  } else {
-    grad_conv = grad_qkv.permute({1, 0, 3, 2, 4}).reshape({g.batch, g.out_channels(), g.features});
-    conv_input = x;
-  }
-  auto grads = at::convolution_backward(
-      grad_conv.contiguous(), conv_input.contiguous(), weight, at::OptionalIntArrayRef({g.out_channels()}),
-      {1}, {g.pad()}, {1}, false, {0}, 1, {true, true, true});
-  at::Tensor grad_x = std::get<0>(grads);
-  if (g.spatial) grad_x = grad_x.transpose(1, 2);
-  return {grad_x.contiguous(), std::get<1>(grads), std::get<2>(grads)};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(convformer_fast, CUDA, m) {
   m.impl("qkv_projection", &qkv_projection_cuda);
-  m.impl("qkv_projection_backward", &qkv_projection_backward_cuda);
 }
 
 }  // namespace convformer_fast

@@ -1,0 +1,54 @@
+// convformer_fast::qkv_projection on the CPU, and its backward on every device.
+//
+// The folded projection is one Conv1d (ARCHITECTURE.md section 2), i.e. one large GEMM:
+// on the CPU it runs as oneDNN's convolution through ATen (an im2col GEMM of our own ran
+// ~1.4x slower than oneDNN on these shapes), and the result is written once, split into
+// heads, into the contiguous qkv (3, N, h, S, F/h) that the attention kernels read.
+// The backward is ATen's convolution backward on the gradient gathered back into conv
+// layout; it serves CPU and CUDA alike.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "qkv_projection.h"
+
+namespace convformer_fast {
+namespace {
+
+at::Tensor qkv_projection_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                              int64_t num_heads, c10::string_view layout) {
+  const auto g = qkv_geometry("qkv_projection", x, weight, &bias, num_heads,
+                              std::string_view(layout.data(), layout.size()));
+  const at::Tensor y = at::conv1d(conv_input(x, g), weight, bias, 1, g.pad());
+  return qkv_view_of_conv(y, g).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_projection_backward_aten(
+    const at::Tensor& grad_qkv, const at::Tensor& x, const at::Tensor& weight, int64_t num_heads,
+    c10::string_view layout) {
+  const auto g = qkv_geometry("qkv_projection_backward", x, weight, nullptr, num_heads,
+                              std::string_view(layout.data(), layout.size()));
+  TORCH_CHECK_VALUE(grad_qkv.sizes() == at::IntArrayRef(qkv_shape(g)),
+                    "qkv_projection_backward: grad_qkv must be ", at::IntArrayRef(qkv_shape(g)),
+                    ", got ", grad_qkv.sizes());
+  auto [grad_input, grad_weight, grad_bias] = at::convolution_backward(
+      conv_layout_of_qkv(grad_qkv.to(x.scalar_type()), g).contiguous(), conv_input(x, g), weight,
+      at::OptionalIntArrayRef({g.out_channels()}), {1}, {g.pad()}, {1}, false, {0}, 1,
+      {true, true, true});
+  at::Tensor grad_x = g.spatial ? grad_input.transpose(1, 2) : grad_input;
+  return {grad_x.contiguous(), grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(convformer_fast, CPU, m) {
+  m.impl("qkv_projection", &qkv_projection_cpu);
+  m.impl("qkv_projection_backward", &qkv_projection_backward_aten);
+}
+
+TORCH_LIBRARY_IMPL(convformer_fast, CUDA, m) {
+  m.impl("qkv_projection_backward", &qkv_projection_backward_aten);
+}
+
+}  // namespace convformer_fast
