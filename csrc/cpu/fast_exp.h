@@ -9,13 +9,9 @@
 // indistinguishable from 0 next to the row maximum's exp(0) = 1. NaN propagates (the
 // polynomial of a NaN is NaN).
 // double: std::exp (the float64 path exists for gradcheck, where accuracy is the point).
-#pragma once
-
-#include <bit>
-#include <cmath>
-#include <cstdint>
-
-namespace convformer_fast::cpu {
+//
+// Included INSIDE a namespace by each CPU-capability build of the attention kernels (see
+// attention_impl.h), after <bit>, <cmath> and <cstdint>: no includes, no include guard.
 
 // Branch-free so that it vectorises: clamps become min/max, rounding uses the 1.5 * 2^23
 // trick (exact under round-to-nearest), the 2^n scale is built from exponent bits.
@@ -36,5 +32,3 @@ inline float fast_exp(float x) {
 }
 
 inline double fast_exp(double x) { return std::exp(x); }
-
-}  // namespace convformer_fast::cpu
