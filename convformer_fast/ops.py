@@ -18,18 +18,34 @@ def qkv_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, nu
 
     x (N, S, F); weight (3C, C, k) and bias (3C,) from :func:`convformer_fast.fold.fold_qkv`,
     C = F for ``layout="spatial"`` and C = S for ``"temporal"``.
-    Returns qkv (3, N, h, S, F/h): Q, K and V split into heads, each contiguous.
+    Returns qkv (3, N, h, S, F/h): Q, K and V split into heads, as a strided view of the
+    convolution's output (no copy; see :func:`qkv_view_of_conv`).
     """
     if not extension_loaded():
         raise RuntimeError(f"qkv_projection: {EXTENSION_ERROR}")
     return torch.ops.convformer_fast.qkv_projection(x, weight, bias, num_heads, layout)
 
 
+def qkv_view_of_conv(y: torch.Tensor, layout: str, num_heads: int) -> torch.Tensor:
+    """The folded Conv1d output y (N, 3C, length) seen as qkv (3, N, h, S, F/h), no copy.
+
+    spatial: y (N, 3F, S), heads split the channels; temporal: y (N, 3S, F), heads split
+    the length (the temporal joints profile). Every backend splits heads this way.
+    """
+    n, channels, length = y.shape
+    if layout == "spatial":
+        f = channels // 3
+        return y.view(n, 3, num_heads, f // num_heads, length).permute(1, 0, 2, 4, 3)
+    s = channels // 3
+    return y.view(n, 3, s, num_heads, length // num_heads).permute(1, 0, 3, 2, 4)
+
+
 def attention(qkv: torch.Tensor) -> torch.Tensor:
     """Multi-head attention ``softmax(Q K^T / sqrt(d)) V`` per head (paper eq. 7).
 
-    qkv (3, N, h, S, d) as returned by :func:`qkv_projection`; returns (N, S, h*d) with the
-    heads merged. The max-subtracted softmax is fused; no S x S matrix is kept.
+    qkv (3, N, h, S, d) as returned by :func:`qkv_projection` (any layout in which one head's
+    (S, d) matrix has a unit stride is read in place); returns (N, S, h*d) with the heads
+    merged. The max-subtracted softmax is fused; no S x S matrix is kept.
     """
     if not extension_loaded():
         raise RuntimeError(f"attention: {EXTENSION_ERROR}")
@@ -43,7 +59,8 @@ def _register() -> None:
     def _qkv_projection_fake(x, weight, bias, num_heads, layout):
         n, s, f = x.shape
         torch._check(f % num_heads == 0, lambda: "qkv_projection: num_heads must divide F")
-        return x.new_empty((3, n, num_heads, s, f // num_heads))
+        y = x.new_empty((n, 3 * f, s) if layout == "spatial" else (n, 3 * s, f))
+        return qkv_view_of_conv(y, layout, num_heads)
 
     @torch.library.register_fake(lib + "qkv_projection_backward")
     def _qkv_projection_backward_fake(grad_qkv, x, weight, num_heads, layout):

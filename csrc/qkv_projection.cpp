@@ -2,8 +2,9 @@
 //
 // The folded projection is one Conv1d (ARCHITECTURE.md section 2), i.e. one large GEMM:
 // on the CPU it runs as oneDNN's convolution through ATen (an im2col GEMM of our own ran
-// ~1.4x slower than oneDNN on these shapes), and the result is written once, split into
-// heads, into the contiguous qkv (3, N, h, S, F/h) that the attention kernels read.
+// ~1.4x slower than oneDNN on these shapes). The result is returned as qkv (3, N, h, S, F/h):
+// Q, K, V split into heads as a strided view of the convolution's output, with no copy; the
+// attention kernels read that layout directly.
 // The backward is ATen's convolution backward on the gradient gathered back into conv
 // layout; it serves CPU and CUDA alike.
 #include <ATen/ATen.h>
@@ -21,7 +22,7 @@ at::Tensor qkv_projection_cpu(const at::Tensor& x, const at::Tensor& weight, con
   const auto g = qkv_geometry("qkv_projection", x, weight, &bias, num_heads,
                               std::string_view(layout.data(), layout.size()));
   const at::Tensor y = at::conv1d(conv_input(x, g), weight, bias, 1, g.pad());
-  return qkv_view_of_conv(y, g).contiguous();
+  return qkv_view_of_conv(y, g);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_projection_backward_aten(

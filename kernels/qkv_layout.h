@@ -6,7 +6,8 @@
 // stacked), viewed as conv(n, c_in, l) over a length axis:
 //   spatial  layout: channels C = F (embed dim), length = S (joints);   x[n][l][c]
 //   temporal layout: channels C = S (frames),    length = F (J*d);     x[n][c][l]
-// The result is written straight into qkv (3, N, h, S, F/h): Q, K, V split into heads.
+// The result is stored in conv layout y (N, 3C, length) and handed out as the strided view
+// qkv (3, N, h, S, F/h) = Q, K, V split into heads (no copy):
 //   spatial : heads split the channels (head, e) = divmod(c, F/h), token = l
 //   temporal: heads split the length   (head, e) = divmod(l, F/h), token = c
 #pragma once
@@ -43,15 +44,9 @@ struct QkvGeometry {
     return spatial ? (n * tokens + l) * features + c : (n * tokens + c) * features + l;
   }
 
-  // Offset in the contiguous qkv (3, N, h, S, F/h) of conv output channel co at (n, l).
-  CF_HOST_DEVICE int64_t qkv_offset(int64_t n, int64_t co, int64_t l) const {
-    const int64_t which = co / channels();  // 0 = Q, 1 = K, 2 = V
-    const int64_t c = co - which * channels();
-    const int64_t token = spatial ? l : c;
-    const int64_t feature = spatial ? c : l;
-    const int64_t head = feature / head_dim();
-    const int64_t e = feature - head * head_dim();
-    return (((which * batch + n) * heads + head) * tokens + token) * head_dim() + e;
+  // Offset of conv output channel co at (n, l) in y (N, 3C, length).
+  CF_HOST_DEVICE int64_t y_offset(int64_t n, int64_t co, int64_t l) const {
+    return (n * out_channels() + co) * length() + l;
   }
 };
 

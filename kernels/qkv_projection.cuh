@@ -1,7 +1,7 @@
 // Folded conv-QKV projection, direct form: one thread per output element.
 //
-// qkv[(Q|K|V), n, head, token, e] = bias[co] + sum_{c, tap} weight[co][c][tap] * x(n, c, l + tap - k/2)
-// with the index maps of QkvGeometry (qkv_layout.h). Accumulates in acc_t (fp32 for
+// y[n][co][l] = bias[co] + sum_{c, tap} weight[co][c][tap] * x(n, c, l + tap - k/2)
+// with the index maps of QkvGeometry (qkv_layout.h); y is then viewed as head-split qkv. Accumulates in acc_t (fp32 for
 // fp16/bf16 inputs). Plain CUDA C++: no PyTorch types, so it builds on its own.
 #pragma once
 
@@ -13,7 +13,7 @@ template <typename scalar_t, typename acc_t>
 __global__ void qkv_projection_direct_kernel(const scalar_t* __restrict__ x,
                                              const scalar_t* __restrict__ weight,
                                              const scalar_t* __restrict__ bias,
-                                             scalar_t* __restrict__ qkv, QkvGeometry g) {
+                                             scalar_t* __restrict__ y, QkvGeometry g) {
   const int64_t length = g.length(), channels = g.channels(), k = g.kernel_size;
   const int64_t out_channels = g.out_channels(), pad = g.pad();
   const int64_t total = g.batch * out_channels * length;
@@ -32,7 +32,7 @@ __global__ void qkv_projection_direct_kernel(const scalar_t* __restrict__ x,
         }
       }
     }
-    qkv[g.qkv_offset(n, co, l)] = static_cast<scalar_t>(acc);
+    y[g.y_offset(n, co, l)] = static_cast<scalar_t>(acc);
   }
 }
 

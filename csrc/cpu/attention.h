@@ -9,14 +9,26 @@
 
 namespace convformer_fast::cpu {
 
+// qkv (3, N, h, S, d) may be any strided view in which one head's (S, d) matrix has a unit
+// stride along tokens or along d: qkv_projection returns Q, K, V as such a view of its
+// convolution output (temporal: rows of d; spatial: columns of S), so no copy is made.
 struct AttentionShape {
   int64_t batch, heads, tokens, head_dim;
+  int64_t stride_which, stride_batch, stride_head, stride_token, stride_dim;  // of the input qkv
   int64_t features() const { return heads * head_dim; }
-  int64_t head_size() const { return tokens * head_dim; }
-  // Offset of Q (which = 0), K (1) or V (2) of one (n, head) inside qkv.
-  int64_t qkv_offset(int64_t which, int64_t n, int64_t head) const {
-    return ((which * batch + n) * heads + head) * head_size();
+  // Offset of Q (which = 0), K (1) or V (2) of one (n, head) inside the input qkv.
+  int64_t in_offset(int64_t which, int64_t n, int64_t head) const {
+    return which * stride_which + n * stride_batch + head * stride_head;
   }
+  // The same inside a contiguous (3, N, h, S, d) tensor (the gradient).
+  int64_t out_offset(int64_t which, int64_t n, int64_t head) const {
+    return ((which * batch + n) * heads + head) * tokens * head_dim;
+  }
+  // One head's (S, d) input matrix as a row-major GEMM operand: stored transposed (as
+  // (d, S)) when its unit stride runs along the tokens; leading dimension of the storage.
+  bool head_transposed() const { return stride_dim != 1; }
+  int64_t head_ld() const { return head_transposed() ? stride_dim : stride_token; }
+  int64_t at(int64_t i, int64_t e) const { return i * stride_token + e * stride_dim; }
   // Work items per parallel_for grain: enough small problems to amortise scheduling.
   int64_t grain() const {
     return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, tokens * tokens * head_dim));

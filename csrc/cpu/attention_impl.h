@@ -10,33 +10,34 @@ bool is_tiny(const AttentionShape& s) {
   return s.tokens * s.tokens * s.head_dim <= kSmallGemmMacs;
 }
 
-// scores[i][j] = scale * sum_e q[i][e] * k[j][e]   (q, k: S x d, contiguous)
+// scores[i][j] = scale * sum_e q[i][e] * k[j][e]   (q, k: one head's S x d inputs)
 template <typename T>
 void head_scores(const T* q, const T* k, T* scores, T* k_t, T scale, const AttentionShape& s) {
   const int64_t S = s.tokens, dh = s.head_dim;
+  const bool t = s.head_transposed();
   if (!is_tiny(s)) {
-    gemm<T>(false, true, S, S, dh, scale, q, dh, k, dh, 0, scores, S);
+    gemm<T>(t, !t, S, S, dh, scale, q, s.head_ld(), k, s.head_ld(), 0, scores, S);
     return;
   }
   for (int64_t j = 0; j < S; ++j)
-    for (int64_t e = 0; e < dh; ++e) k_t[e * S + j] = k[j * dh + e];
+    for (int64_t e = 0; e < dh; ++e) k_t[e * S + j] = k[s.at(j, e)];
   for (int64_t i = 0; i < S; ++i) {
     T* row = scores + i * S;
     std::fill_n(row, S, T(0));
     for (int64_t e = 0; e < dh; ++e) {
-      const T qe = scale * q[i * dh + e];
+      const T qe = scale * q[s.at(i, e)];
       const T* kt_row = k_t + e * S;
       for (int64_t j = 0; j < S; ++j) row[j] += qe * kt_row[j];
     }
   }
 }
 
-// out[i][:] = sum_j p[i][j] * v[j][:]   (p: S x S, v: S x d contiguous, out rows ld_out apart)
+// out[i][:] = sum_j p[i][j] * v[j][:]   (p: S x S, v: one head's S x d input, out rows ld_out apart)
 template <typename T>
 void head_values(const T* p, const T* v, T* out, int64_t ld_out, const AttentionShape& s) {
   const int64_t S = s.tokens, dh = s.head_dim;
   if (!is_tiny(s)) {
-    gemm<T>(false, false, S, dh, S, 1, p, S, v, dh, 0, out, ld_out);
+    gemm<T>(false, s.head_transposed(), S, dh, S, 1, p, S, v, s.head_ld(), 0, out, ld_out);
     return;
   }
   for (int64_t i = 0; i < S; ++i) {
@@ -44,8 +45,7 @@ void head_values(const T* p, const T* v, T* out, int64_t ld_out, const Attention
     std::fill_n(o, dh, T(0));
     for (int64_t j = 0; j < S; ++j) {
       const T pij = p[i * S + j];
-      const T* vj = v + j * dh;
-      for (int64_t e = 0; e < dh; ++e) o[e] += pij * vj[e];
+      for (int64_t e = 0; e < dh; ++e) o[e] += pij * v[s.at(j, e)];
     }
   }
 }
@@ -103,10 +103,10 @@ void attention_forward(const T* qkv, T* out, T* lse, const AttentionShape& s) {
     T* sum_of_row = scratch<T, 3>(S);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / s.heads, head = item % s.heads;
-      head_scores(qkv + s.qkv_offset(0, n, head), qkv + s.qkv_offset(1, n, head), scores, k_t, scale, s);
+      head_scores(qkv + s.in_offset(0, n, head), qkv + s.in_offset(1, n, head), scores, k_t, scale, s);
       exp_rows(scores, max_of_row, sum_of_row, S);
       T* o = out + n * S * F + head * dh;
-      head_values(scores, qkv + s.qkv_offset(2, n, head), o, F, s);
+      head_values(scores, qkv + s.in_offset(2, n, head), o, F, s);
       T* lse_row = lse + item * S;
       for (int64_t i = 0; i < S; ++i) {
         const T inverse = T(1) / sum_of_row[i];
@@ -129,9 +129,9 @@ void attention_backward(const T* grad_out, const T* qkv, const T* out, const T* 
     T* row_dot = scratch<T, 2>(S);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / s.heads, head = item % s.heads;
-      const T* q = qkv + s.qkv_offset(0, n, head);
-      const T* k = qkv + s.qkv_offset(1, n, head);
-      const T* v = qkv + s.qkv_offset(2, n, head);
+      const T* q = qkv + s.in_offset(0, n, head);
+      const T* k = qkv + s.in_offset(1, n, head);
+      const T* v = qkv + s.in_offset(2, n, head);
       const T* d_out = grad_out + n * S * F + head * dh;
       const T* o = out + n * S * F + head * dh;
       const T* lse_row = lse + item * S;
@@ -143,15 +143,17 @@ void attention_backward(const T* grad_out, const T* qkv, const T* out, const T* 
         for (int64_t e = 0; e < dh; ++e) dot += d_out[i * F + e] * o[i * F + e];
         row_dot[i] = dot;
       }
-      gemm<T>(true, false, S, dh, S, 1, probs, S, d_out, F, 0, grad_qkv + s.qkv_offset(2, n, head), dh);
-      gemm<T>(false, true, S, S, dh, 1, d_out, F, v, dh, 0, grad_scores, S);
+      const bool t = s.head_transposed();
+      const int64_t ld = s.head_ld();
+      gemm<T>(true, false, S, dh, S, 1, probs, S, d_out, F, 0, grad_qkv + s.out_offset(2, n, head), dh);
+      gemm<T>(false, !t, S, S, dh, 1, d_out, F, v, ld, 0, grad_scores, S);
       for (int64_t i = 0; i < S; ++i) {
         const T* p = probs + i * S;
         T* ds = grad_scores + i * S;
         for (int64_t j = 0; j < S; ++j) ds[j] = p[j] * (ds[j] - row_dot[i]) * scale;
       }
-      gemm<T>(false, false, S, dh, S, 1, grad_scores, S, k, dh, 0, grad_qkv + s.qkv_offset(0, n, head), dh);
-      gemm<T>(true, false, S, dh, S, 1, grad_scores, S, q, dh, 0, grad_qkv + s.qkv_offset(1, n, head), dh);
+      gemm<T>(false, t, S, dh, S, 1, grad_scores, S, k, ld, 0, grad_qkv + s.out_offset(0, n, head), dh);
+      gemm<T>(true, t, S, dh, S, 1, grad_scores, S, q, ld, 0, grad_qkv + s.out_offset(1, n, head), dh);
     }
   });
 }

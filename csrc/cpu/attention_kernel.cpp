@@ -42,7 +42,14 @@ AttentionShape attention_shape(const char* op, const at::Tensor& qkv) {
                     qkv.sizes());
   TORCH_CHECK_VALUE(qkv.scalar_type() == at::kFloat || qkv.scalar_type() == at::kDouble, op,
                     ": the CPU kernels support float32 and float64, got ", qkv.scalar_type());
-  return {qkv.size(1), qkv.size(2), qkv.size(3), qkv.size(4)};
+  return {qkv.size(1), qkv.size(2), qkv.size(3), qkv.size(4), qkv.stride(0), qkv.stride(1),
+          qkv.stride(2), qkv.stride(3), qkv.stride(4)};
+}
+
+// qkv as the kernels read it: as given when each head's (S, d) matrix has a unit stride
+// (qkv_projection's output always has), else a contiguous copy.
+at::Tensor readable_qkv(const at::Tensor& qkv) {
+  return (qkv.stride(4) == 1 || qkv.stride(3) == 1) ? qkv : qkv.contiguous();
 }
 
 template <typename T>
@@ -67,8 +74,9 @@ void run_backward(const T* grad_out, const T* qkv, const T* out, const T* lse, T
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& qkv_in) {
-  const auto s = attention_shape("attention", qkv_in);
-  const at::Tensor qkv = qkv_in.contiguous();
+  attention_shape("attention", qkv_in);  // validates before any copy
+  const at::Tensor qkv = readable_qkv(qkv_in);
+  const auto s = attention_shape("attention", qkv);
   at::Tensor out = at::empty({s.batch, s.tokens, s.features()}, qkv.options());
   at::Tensor lse = at::empty({s.batch, s.heads, s.tokens}, qkv.options());
   if (out.numel() == 0) return {out, lse};
@@ -81,7 +89,9 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& qkv_in) {
 
 at::Tensor attention_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& qkv_in,
                                   const at::Tensor& out_in, const at::Tensor& lse_in) {
-  const auto s = attention_shape("attention_backward", qkv_in);
+  attention_shape("attention_backward", qkv_in);  // validates before any copy
+  const at::Tensor qkv = readable_qkv(qkv_in);
+  const auto s = attention_shape("attention_backward", qkv);
   const std::vector<int64_t> out_shape{s.batch, s.tokens, s.features()};
   TORCH_CHECK_VALUE(grad_out_in.sizes() == at::IntArrayRef(out_shape) &&
                         out_in.sizes() == at::IntArrayRef(out_shape),
@@ -91,14 +101,14 @@ at::Tensor attention_backward_cpu(const at::Tensor& grad_out_in, const at::Tenso
                     "attention_backward: lse must be (N, h, S) = ", at::IntArrayRef({s.batch, s.heads, s.tokens}),
                     ", got ", lse_in.sizes());
   const auto dtype = qkv_in.scalar_type();
-  const at::Tensor qkv = qkv_in.contiguous(), out = out_in.to(dtype).contiguous();
+  const at::Tensor out = out_in.to(dtype).contiguous();
   const at::Tensor grad_out = grad_out_in.to(dtype).contiguous(), lse = lse_in.to(dtype).contiguous();
-  at::Tensor grad_qkv = at::empty_like(qkv);
+  at::Tensor grad_qkv = at::empty(qkv.sizes(), qkv.options());  // contiguous
   if (grad_qkv.numel() == 0) return grad_qkv;
   AT_DISPATCH_FLOATING_TYPES(dtype, "attention_backward_cpu", [&] {
     run_backward(grad_out.const_data_ptr<scalar_t>(), qkv.const_data_ptr<scalar_t>(),
-                       out.const_data_ptr<scalar_t>(), lse.const_data_ptr<scalar_t>(),
-                       grad_qkv.mutable_data_ptr<scalar_t>(), s);
+                 out.const_data_ptr<scalar_t>(), lse.const_data_ptr<scalar_t>(),
+                 grad_qkv.mutable_data_ptr<scalar_t>(), s);
   });
   return grad_qkv;
 }

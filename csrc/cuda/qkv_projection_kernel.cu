@@ -26,19 +26,19 @@ at::Tensor qkv_projection_cuda(const at::Tensor& x_in, const at::Tensor& weight_
                               std::string_view(layout.data(), layout.size()));
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
-  at::Tensor qkv = at::empty(qkv_shape(g), x.options());
-  const int64_t total = qkv.numel();
-  if (total == 0) return qkv;
+  at::Tensor y = at::empty({g.batch, g.out_channels(), g.length()}, x.options());
+  const int64_t total = y.numel();
+  if (total == 0) return qkv_view_of_conv(y, g);
   const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535LL * 8);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "qkv_projection_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     qkv_projection_direct_kernel<scalar_t, acc_t>
         <<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             x.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
-            bias.const_data_ptr<scalar_t>(), qkv.mutable_data_ptr<scalar_t>(), g);
+            bias.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return qkv;
+  return qkv_view_of_conv(y, g);
 }
 
 }  // namespace
