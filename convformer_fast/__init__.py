@@ -17,6 +17,7 @@ from . import ops
 from ._extension import EXTENSION_ERROR, extension_loaded
 from .backends import BACKEND_NAMES, available_backends
 from .fast import ConvFormerBlockFast, ConvFormerFast, DMHCSAFast, convert
+from .flops import count_flops
 from .fold import fold_qkv
 from .presets import PRESETS
 from .reference import ConvFormer, ConvFormerBlock, DMHCSA
