@@ -3,6 +3,8 @@
     convformer-fast info                 versions, backends built and usable, CPU, threads
     convformer-fast check [--preset P]   forward pass of a preset through every available
                                          backend, max deviation from eager
+    convformer-fast bench / flops        timing per backend; FLOPs and paper Table 5
+    convformer-fast train / eval / infer pose training, the paper's tables, video inference
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import sys
 
 import torch
 
-from . import __version__
+from . import __version__, perf_cli
 from .backends import BACKENDS, available_backends
 from .fast import ConvFormerFast
+from .pose.commands import add_pose_commands
 from .presets import PRESETS
 from .reference import ConvFormer
 
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--preset", default="h36m-243", choices=sorted(PRESETS))
     check.add_argument("--batch", type=int, default=1)
     check.set_defaults(func=cmd_check)
+    perf_cli.add_subcommands(sub)  # bench, flops
+    add_pose_commands(sub)  # train, eval, infer
     return parser
 
 

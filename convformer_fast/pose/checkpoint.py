@@ -1,0 +1,257 @@
+"""Training checkpoints: model config + weights + optimiser + epoch, and their checks.
+
+A checkpoint is a ``torch.save`` dict::
+
+    {"format": 1, "kind": "convformer_fast.pose",
+     "config": model.config (the constructor arguments),
+     "model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": ...,
+     "epoch": last finished epoch (1-based), "metrics": {...}, "args": {...}}
+
+Loading never trusts the weights blindly: the architecture fields that the weights
+determine (frames, joints, width, depths, kernel sizes, MLP width) are read back from the
+tensor shapes and compared with the model at hand, so a checkpoint of another
+configuration fails with ``CheckpointError`` naming the field (``num_frames: checkpoint
+has 27, model has 81``) instead of a dump of mismatched state_dict keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from ..fast import ConvFormerFast
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "config_from_state_dict",
+    "config_differences",
+    "load_model_weights",
+    "model_from_checkpoint",
+    "unwrap_model",
+]
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_KIND = "convformer_fast.pose"
+
+# Fields of ConvFormer.config that change no tensor shape (compared, but only those
+# stored in the checkpoint can be checked; the weights cannot tell num_heads).
+_SHAPE_FREE_FIELDS = ("num_heads", "drop_path", "agg_dropout")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, malformed, or belongs to another configuration."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside a ``DistributedDataParallel`` / ``DataParallel`` / compiled wrapper."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _normalise(value):
+    """Lists (as stored) and tuples (as constructed) compare equal."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_normalise(v) for v in value)
+    return value
+
+
+def save_checkpoint(path, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                    scheduler=None, scaler=None, epoch: int = 0,
+                    metrics: Optional[Mapping[str, Any]] = None,
+                    args: Optional[Mapping[str, Any]] = None) -> str:
+    """Write a checkpoint atomically (a temporary file renamed over ``path``).
+
+    Args:
+        path: destination ``.pt`` file (its folder is created).
+        model: the model (a DDP wrapper is unwrapped); must have ``.config``.
+        optimizer, scheduler, scaler: saved with their ``state_dict()`` when given.
+        epoch: the number of finished epochs.
+        metrics: e.g. the last test metrics.
+        args: the training arguments (plain values), for the record.
+
+    Returns:
+        ``path``.
+    """
+    model = unwrap_model(model)
+    if not hasattr(model, "config"):
+        raise ValueError(f"model: got {type(model).__name__} without .config, expected a ConvFormer")
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.config.items()}
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "kind": CHECKPOINT_KIND,
+        "config": config,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "epoch": int(epoch),
+        "metrics": dict(metrics or {}),
+        "args": dict(args or {}),
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read and validate a checkpoint written by :func:`save_checkpoint`.
+
+    A bare ``state_dict`` of a ConvFormer (no config) is accepted too: its config is
+    reconstructed from the tensor shapes (``num_heads`` cannot be, and defaults to 8).
+
+    Raises:
+        CheckpointError: missing/unreadable file, or missing/malformed keys (the
+        message names the file and the key).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated file, not a torch file, pickled foreign objects
+        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint "
+                              f"({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, expected a checkpoint dict "
+                              "with keys 'config' and 'model'")
+    if "model" not in state and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        weights = state
+        config = config_from_state_dict(weights, path)
+        config.update(num_heads=8, drop_path=0.0, agg_dropout=0.0)
+        return {"format": 0, "kind": "state_dict", "config": config, "model": weights, "epoch": 0,
+                "metrics": {}, "args": {}, "path": path}
+    for key in ("config", "model"):
+        if key not in state:
+            raise CheckpointError(f"{path}: key {key!r} missing (file has {sorted(state)}); expected "
+                                  "a convformer_fast checkpoint with 'config' and 'model'")
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path}: key 'config' holds a {type(state['config']).__name__}, "
+                              "expected the model's constructor dict")
+    if not isinstance(state["model"], dict):
+        raise CheckpointError(f"{path}: key 'model' holds a {type(state['model']).__name__}, "
+                              "expected a state_dict")
+    fmt = state.get("format", CHECKPOINT_FORMAT)
+    if fmt > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: key 'format' is {fmt}, expected <= {CHECKPOINT_FORMAT} "
+                              "(written by a newer convformer_fast)")
+    state["path"] = path
+    # The stored config must describe the stored weights.
+    problems = config_differences(config_from_state_dict(state["model"], path), state["config"],
+                                  names=("weights", "config"))
+    if problems:
+        raise CheckpointError(f"{path}: the stored config does not describe the stored weights: "
+                              + "; ".join(problems))
+    return state
+
+
+_BLOCK_KEY = re.compile(r"^(spatial|temporal)_blocks\.(\d+)\.")
+
+
+def config_from_state_dict(state_dict: Mapping[str, torch.Tensor], where: str = "state_dict") -> dict:
+    """The architecture fields that a ConvFormer state_dict's tensor shapes determine.
+
+    Returns:
+        ``num_frames, num_joints, embed_dim, spatial_depth, temporal_depth,
+        kernel_sizes, mlp_ratio`` (``num_heads`` and the dropout rates own no tensor).
+    """
+    def get(key):
+        if key not in state_dict:
+            raise CheckpointError(f"{where}: weight {key!r} missing, expected a ConvFormer state_dict")
+        return state_dict[key]
+
+    pos = get("spatial_pos_embed")
+    temporal = get("temporal_pos_embed")
+    depth = {"spatial": 0, "temporal": 0}
+    for key in state_dict:
+        match = _BLOCK_KEY.match(key)
+        if match:
+            depth[match.group(1)] = max(depth[match.group(1)], int(match.group(2)) + 1)
+    config = dict(num_frames=int(temporal.shape[1]), num_joints=int(pos.shape[1]),
+                  embed_dim=int(pos.shape[2]), spatial_depth=depth["spatial"],
+                  temporal_depth=depth["temporal"])
+    stage = "spatial" if depth["spatial"] else ("temporal" if depth["temporal"] else None)
+    if stage is not None:
+        kernels, i = [], 0
+        while f"{stage}_blocks.0.attn.query_convs.{i}.weight" in state_dict:
+            kernels.append(int(state_dict[f"{stage}_blocks.0.attn.query_convs.{i}.weight"].shape[-1]))
+            i += 1
+        config["kernel_sizes"] = tuple(kernels)
+        hidden = get(f"{stage}_blocks.0.mlp.0.weight")
+        config["mlp_ratio"] = hidden.shape[0] / hidden.shape[1]
+    return config
+
+
+def config_differences(a: Mapping[str, Any], b: Mapping[str, Any], names=("checkpoint", "model"),
+                       fields=None) -> list[str]:
+    """``["field: checkpoint has X, model has Y", ...]`` for the fields both define (or ``fields``)."""
+    keys = fields if fields is not None else [k for k in a if k in b]
+    out = []
+    for key in keys:
+        va, vb = _normalise(a.get(key)), _normalise(b.get(key))
+        if key == "mlp_ratio" and va is not None and vb is not None:
+            same = abs(float(va) - float(vb)) < 1e-6
+        else:
+            same = va == vb
+        if not same:
+            out.append(f"{key}: {names[0]} has {va!r}, {names[1]} has {vb!r}")
+    return out
+
+
+def load_model_weights(model: nn.Module, checkpoint: Mapping[str, Any]) -> nn.Module:
+    """Load a checkpoint's weights into ``model`` after checking that the configs agree.
+
+    Every architecture field is compared (``num_heads`` too, when the checkpoint stores
+    it); dropout rates may differ (they are training settings).
+
+    Raises:
+        CheckpointError: naming each mismatched field.
+    """
+    target = unwrap_model(model)
+    path = checkpoint.get("path", "checkpoint")
+    fields = [k for k in target.config if k not in ("drop_path", "agg_dropout")]
+    problems = config_differences(checkpoint["config"], target.config, fields=[
+        f for f in fields if f in checkpoint["config"]])
+    if problems:
+        raise CheckpointError(f"{path}: checkpoint is for a different model configuration: "
+                              + "; ".join(problems))
+    missing, unexpected = target.load_state_dict(checkpoint["model"], strict=False)
+    if missing or unexpected:  # same config but foreign keys: name a few, not all
+        raise CheckpointError(f"{path}: weights do not fit the model: {len(missing)} missing "
+                              f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    return model
+
+
+def model_from_checkpoint(checkpoint, backend: str = "auto", device="cpu") -> ConvFormerFast:
+    """Build the checkpoint's model (``ConvFormerFast``, eval mode) with its weights.
+
+    Args:
+        checkpoint: a path or a dict from :func:`load_checkpoint`.
+        backend: fast backend of every layer.
+        device: where to put the model.
+    """
+    if not isinstance(checkpoint, Mapping):
+        checkpoint = load_checkpoint(checkpoint)
+    config = dict(checkpoint["config"])
+    if "kernel_sizes" in config:
+        config["kernel_sizes"] = tuple(config["kernel_sizes"])
+    model = ConvFormerFast(**config, backend=backend)
+    load_model_weights(model, checkpoint)
+    return model.to(device).eval()

@@ -1,0 +1,135 @@
+"""Video inference: ``convformer-fast infer --keypoints 2d.npy --checkpoint best.pt --out poses.npy``.
+
+Input keypoints, either
+
+* ``.npy``: ``(frames, 17, 2)`` or ``(frames, 17, 3)`` (x, y, confidence) of one video, in
+  pixels (give ``--width``/``--height``) or normalised (``--normalized``); COCO-17 order
+  (what 2D detectors give; mapped to Human3.6M-17) unless ``--layout h36m``; or
+* ``data_2d_custom_<name>.npz`` in the VideoPose3D layout (``positions_2d[video]['custom']``
+  and per-video ``w``/``h`` in the metadata); the metadata's ``layout_name`` says COCO or
+  H36M. ``--video`` picks videos (default: all).
+
+Missed detections (NaN, or confidence below ``--min-confidence``) are interpolated over
+time (:mod:`convformer_fast.pose.keypoints`); a joint never detected is rejected. Any
+length works: every frame gets its own edge-padded T-frame window, windows are batched,
+and the spatial ConvFormer runs once per frame (:mod:`convformer_fast.pose.lifting`).
+
+Output: ``(frames, 17, 3)`` float32 root-relative camera-frame poses in metres (the root
+joint is 0), Human3.6M-17 order; ``.npy`` for one video, ``.npz`` (one key per video)
+for several. ``--render out.gif`` / ``out.mp4`` animates the 2D input beside the 3D
+skeleton (the first selected video).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from ..data.skeleton import H36M_17
+from .keypoints import prepare_keypoints
+from .runtime import add_runtime_arguments, apply_threads, resolve_device
+
+__all__ = ["add_arguments", "load_videos", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keypoints", required=True, help="2D keypoints: .npy (frames, 17, 2|3) or a "
+                        "VideoPose3D data_2d_custom_<name>.npz")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `convformer-fast train`")
+    parser.add_argument("--out", required=True, help="poses.npy (one video) or poses.npz (several)")
+    parser.add_argument("--video", nargs="+", default=None, help="videos of a custom .npz (default: all)")
+    parser.add_argument("--layout", choices=("auto", "coco", "h36m"), default="auto",
+                        help="joint order of the input (auto: the .npz metadata, COCO for .npy)")
+    parser.add_argument("--width", type=float, default=None, help="image width in pixels (.npy input)")
+    parser.add_argument("--height", type=float, default=None, help="image height in pixels (.npy input)")
+    parser.add_argument("--normalized", action="store_true", help="the .npy holds normalised coordinates")
+    parser.add_argument("--min-confidence", type=float, default=0.0,
+                        help="keypoints with a lower confidence count as missed and are interpolated")
+    parser.add_argument("--no-flip-tta", action="store_true", help="disable flip test-time augmentation")
+    parser.add_argument("--batch-size", type=int, default=1024, help="windows per batch")
+    parser.add_argument("--backend", default="auto")
+    add_runtime_arguments(parser)
+    parser.add_argument("--render", default=None, help="also write an animation: out.gif or out.mp4")
+    parser.add_argument("--fps", type=float, default=50.0, help="frame rate of the video (for --render)")
+    parser.add_argument("--render-frames", type=int, default=None, help="render at most this many frames")
+
+
+def load_videos(args) -> list[dict]:
+    """``[{'name', 'inputs' (F, 17, 2) normalised, 'pixels' or None, 'w', 'h', 'filled'}]``."""
+    path = args.keypoints
+    if path.endswith(".npz"):
+        from ..data.custom import load_custom_2d
+        videos, metadata = load_custom_2d(path)
+        layout = metadata["layout_name"] if args.layout == "auto" else args.layout
+        if layout not in ("coco", "h36m"):
+            raise ValueError(f"{path}: metadata layout_name is {layout!r}, expected 'coco' or 'h36m' "
+                             "(or pass --layout)")
+        names = args.video or list(videos)
+        unknown = [n for n in names if n not in videos]
+        if unknown:
+            raise ValueError(f"--video: {unknown} not in {path}, expected some of {sorted(videos)}")
+        entries = [(n, videos[n]["keypoints"], videos[n]["w"], videos[n]["h"], False) for n in names]
+    else:
+        if not os.path.isfile(path):
+            raise ValueError(f"--keypoints: {path} not found")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise ValueError(f"--keypoints: {path} cannot be read as a .npy array ({exc})") from exc
+        layout = "coco" if args.layout == "auto" else args.layout
+        if not args.normalized and (args.width is None or args.height is None):
+            raise ValueError("--width/--height: got none, expected the image size in pixels for .npy "
+                             "pixel keypoints (or pass --normalized)")
+        name = os.path.splitext(os.path.basename(path))[0]
+        entries = [(name, array, args.width, args.height, args.normalized)]
+    out = []
+    for name, kp, w, h, normalized in entries:
+        try:
+            inputs, info = prepare_keypoints(kp, layout, w, h, normalized, args.min_confidence)
+        except ValueError as exc:
+            raise ValueError(f"{path} ({name}): {exc}") from None
+        out.append(dict(name=name, inputs=inputs, pixels=info["pixels"], w=w, h=h, filled=info["filled"]))
+    return out
+
+
+def run(args) -> int:
+    from .checkpoint import model_from_checkpoint
+    from .evaluate import h36m_flip_symmetry
+    from .lifting import lift_sequence
+
+    apply_threads(args.threads)
+    if not (args.out.endswith(".npy") or args.out.endswith(".npz")):
+        raise ValueError(f"--out: got {args.out!r}, expected a .npy or .npz file")
+    videos = load_videos(args)
+    if args.out.endswith(".npy") and len(videos) > 1:
+        raise ValueError(f"--out: {len(videos)} videos ({[v['name'] for v in videos]}) need an .npz output "
+                         "(or pick one with --video)")
+    model = model_from_checkpoint(args.checkpoint, backend=args.backend, device=resolve_device(args.device))
+    if model.num_joints != H36M_17.num_joints:
+        raise ValueError(f"--checkpoint: model has num_joints={model.num_joints}, expected a "
+                         f"{H36M_17.num_joints}-joint Human3.6M model for video keypoints")
+    flip = None if args.no_flip_tta else h36m_flip_symmetry()
+    results = {}
+    for video in videos:
+        poses = lift_sequence(model, video["inputs"], batch_size=args.batch_size, flip_symmetry=flip)
+        poses[:, H36M_17.root] = 0.0
+        results[video["name"]] = poses
+        note = f", {video['filled']} missed keypoints interpolated" if video["filled"] else ""
+        print(f"{video['name']}: {len(poses)} frames -> 3D (T={model.num_frames}{note})")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    if args.out.endswith(".npy"):
+        np.save(args.out, next(iter(results.values())))
+    else:
+        np.savez_compressed(args.out, **results)
+    print(f"wrote {args.out}: root-relative camera-frame poses in metres, Human3.6M-17 order")
+    if args.render:
+        from .render import render_animation
+        video = videos[0]
+        shown = video["pixels"] if video["pixels"] is not None else video["inputs"]
+        render_animation(args.render, shown, results[video["name"]], width=video["w"] if video["pixels"] is not None
+                         else None, height=video["h"] if video["pixels"] is not None else None,
+                         fps=args.fps, title=video["name"], max_frames=args.render_frames)
+        print(f"wrote {args.render}")
+    return 0

@@ -1,0 +1,93 @@
+"""Checkpoints: round trip, config checks that name the mismatched field, bad files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import convformer_fast as cf
+from convformer_fast.pose.checkpoint import (CheckpointError, config_from_state_dict, load_checkpoint,
+                                             load_model_weights, model_from_checkpoint, save_checkpoint)
+
+SMALL = dict(num_frames=5, num_joints=17, embed_dim=8, num_heads=4, kernel_sizes=(3, 5),
+             spatial_depth=1, temporal_depth=2, mlp_ratio=2.0)
+
+
+def _model(**overrides):
+    torch.manual_seed(0)
+    return cf.ConvFormerFast(**{**SMALL, **overrides}, backend="torch")
+
+
+def test_round_trip_restores_config_weights_optimizer_and_epoch(tmp_path):
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, 0.95)
+    x = torch.randn(3, 5, 17, 2)
+    model(x).square().mean().backward()
+    opt.step()
+    sched.step()
+    path = save_checkpoint(tmp_path / "c.pt", model, opt, sched, epoch=7, metrics={"test_mpjpe_mm": 1.5})
+
+    ckpt = load_checkpoint(path)
+    assert ckpt["epoch"] == 7 and ckpt["metrics"]["test_mpjpe_mm"] == 1.5
+    assert tuple(ckpt["config"]["kernel_sizes"]) == (3, 5) and ckpt["config"]["num_frames"] == 5
+    restored = model_from_checkpoint(ckpt, backend="eager")
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), model(x), rtol=1e-5, atol=1e-6)
+    opt2 = torch.optim.AdamW(restored.parameters(), lr=1e-3)
+    opt2.load_state_dict(ckpt["optimizer"])
+    assert opt2.state_dict()["state"][0]["step"] == 1
+    assert ckpt["scheduler"]["last_epoch"] == 1
+
+
+@pytest.mark.parametrize("field, value", [("num_frames", 7), ("embed_dim", 16), ("kernel_sizes", (3, 3)),
+                                          ("temporal_depth", 1), ("num_heads", 2), ("num_joints", 15)])
+def test_other_config_names_the_field_not_a_key_dump(tmp_path, field, value):
+    path = save_checkpoint(tmp_path / "c.pt", _model())
+    other = _model(**{field: value})
+    with pytest.raises(CheckpointError) as err:
+        load_model_weights(other, load_checkpoint(path))
+    message = str(err.value)
+    assert f"{field}: checkpoint has" in message
+    assert "size mismatch" not in message and "spatial_blocks.0" not in message
+
+
+def test_stored_config_must_describe_the_weights(tmp_path):
+    model = _model()
+    state = {"format": 1, "config": {**model.config, "embed_dim": 16}, "model": model.state_dict()}
+    torch.save(state, tmp_path / "tampered.pt")
+    with pytest.raises(CheckpointError, match="embed_dim: weights has 8, config has 16"):
+        load_checkpoint(tmp_path / "tampered.pt")
+
+
+def test_config_is_recovered_from_a_bare_state_dict(tmp_path):
+    model = _model(num_heads=8)
+    inferred = config_from_state_dict(model.state_dict())
+    for key in ("num_frames", "num_joints", "embed_dim", "spatial_depth", "temporal_depth", "kernel_sizes"):
+        assert inferred[key] == model.config[key], key
+    assert inferred["mlp_ratio"] == 2.0
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    restored = model_from_checkpoint(tmp_path / "bare.pt", backend="torch")
+    x = torch.randn(2, 5, 17, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), model.eval()(x))
+
+
+def test_bad_files_name_the_file_and_key(tmp_path):
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint file not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt: cannot be read"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"config": SMALL}, tmp_path / "nomodel.pt")
+    with pytest.raises(CheckpointError, match="key 'model' missing"):
+        load_checkpoint(tmp_path / "nomodel.pt")
+
+
+def test_save_is_atomic_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "c.pt"
+    save_checkpoint(path, _model(), epoch=1)
+    save_checkpoint(path, _model(), epoch=2)
+    assert load_checkpoint(path)["epoch"] == 2
+    assert sorted(p.name for p in path.parent.iterdir()) == ["c.pt"]
