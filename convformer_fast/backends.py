@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from . import triton as triton_backend
 from ._extension import EXTENSION_ERROR, extension_loaded
 from .reference import DMHCSA, SPATIAL
 
@@ -69,22 +70,18 @@ class TorchBackend(Backend):
 
     def attention(self, module, x):
         weight, bias = module.folded_qkv()
-        n, s, f = x.shape
-        h, dh = module.num_heads, module.head_dim
-        pad = weight.shape[-1] // 2
-        if module.layout == SPATIAL:
-            y = F.conv1d(x.transpose(1, 2), weight, bias, padding=pad)  # (N, 3F, S)
-            q, k, v = y.view(n, 3, h, dh, s).permute(1, 0, 2, 4, 3).unbind(0)
-        else:
-            y = F.conv1d(x, weight, bias, padding=pad)  # (N, 3S, F)
-            q, k, v = y.view(n, 3, s, h, dh).permute(1, 0, 3, 2, 4).unbind(0)
+        conv_input = x.transpose(1, 2) if module.layout == SPATIAL else x
+        y = F.conv1d(conv_input, weight, bias, padding=weight.shape[-1] // 2)
+        q, k, v = ops.qkv_view_of_conv(y, module.layout, module.num_heads).unbind(0)
         return merge_heads(F.scaled_dot_product_attention(q, k, v))
 
 
 class CpuBackend(Backend):
     name = "cpu"
-    description = "C++ kernels of convformer_fast._C (folded conv-QKV written head-split)"
+    description = ("C++ kernels of convformer_fast._C: folded conv-QKV written head-split, "
+                   "fused softmax attention")
     devices = ("cpu",)
+    dtypes = (torch.float32, torch.float64)
 
     def unavailable_reason(self):
         return EXTENSION_ERROR
@@ -92,8 +89,36 @@ class CpuBackend(Backend):
     def attention(self, module, x):
         weight, bias = module.folded_qkv()
         qkv = ops.qkv_projection(x, weight, bias, module.num_heads, module.layout)
-        q, k, v = qkv.unbind(0)
-        return merge_heads(F.scaled_dot_product_attention(q, k, v))
+        return ops.attention(qkv)
+
+
+class TritonBackend(Backend):
+    """Fused Triton kernels (convformer_fast/triton/): the folded conv-QKV projection written
+    head-split, then flash-style attention, forward and backward. CUDA tensors; CPU tensors
+    only through the Triton interpreter (TRITON_INTERPRET=1 set before the kernels are
+    defined). The kernels are imported on first use."""
+
+    name = "triton"
+    description = ("fused Triton kernels: folded conv-QKV projection + flash attention, forward "
+                   "and backward (GPU; CPU through TRITON_INTERPRET=1)")
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return triton_backend.supported_devices()
+
+    def unavailable_reason(self):
+        return triton_backend.unavailable_reason()
+
+    def not_supported_reasons(self, x):
+        reasons = super().not_supported_reasons(x)
+        if x.dtype == torch.bfloat16 and triton_backend.interpreted():
+            reasons.append("bfloat16 under TRITON_INTERPRET=1 (the interpreter has no bfloat16 "
+                           "arithmetic)")
+        return reasons
+
+    def attention(self, module, x):
+        weight, bias = module.folded_qkv()
+        return triton_backend.load_ops().dmhcsa(x, weight, bias, module.num_heads, module.layout)
 
 
 class PlannedBackend(Backend):
@@ -112,7 +137,7 @@ BACKENDS: dict[str, Backend] = {
         EagerBackend(),
         TorchBackend(),
         CpuBackend(),
-        PlannedBackend("triton", "fused Triton kernels (GPU; CPU through TRITON_INTERPRET=1)"),
+        TritonBackend(),
         PlannedBackend("cuda", "hand-written CUDA kernels"),
         PlannedBackend("cuda_emulated", "the CUDA kernel source run on the CPU by an emulator"),
     )

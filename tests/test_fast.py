@@ -166,8 +166,8 @@ def test_deepcopy_and_pickle_drop_cache():
 def test_backend_errors():
     with pytest.raises(ValueError, match="unknown backend 'fastest'"):
         cf.ConvFormerFast(**MODEL_CONFIGS["t5_j17_single"], backend="fastest")
-    with pytest.raises(ValueError, match="'triton' is unavailable"):
-        cf.DMHCSAFast("spatial", 17, 8, (3,), 2, backend="triton")
+    with pytest.raises(ValueError, match="'cuda' is unavailable"):
+        cf.DMHCSAFast("spatial", 17, 8, (3,), 2, backend="cuda")
     with pytest.raises(ValueError, match="unknown backend"):
         cf.ConvFormerFast(**MODEL_CONFIGS["t5_j17_single"]).set_backend("nope")
 

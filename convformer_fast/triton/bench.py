@@ -1,0 +1,279 @@
+"""Cost model and timing of the Triton kernels, as clean callables for ``benchmarks/``.
+
+    from convformer_fast.triton import bench
+    bench.layer_costs("temporal", n=1, tokens=243, features=544, heads=8, kernel_sizes=(7, 7, 7))
+    bench.time_layer("temporal", n=1, tokens=243, features=544, heads=8, kernel_sizes=(7, 7, 7))
+    bench.compile_report(arch=90)        # registers / spills / shared memory, no GPU needed
+
+Costs are analytic (README.md in this folder explains each formula): ``flops`` is useful
+work (one multiply-add = 2 FLOPs), ``executed_flops`` includes what the kernels spend on
+padding the head dim to BLOCK_D and packing heads, ``min_bytes`` is the traffic a fused
+kernel cannot avoid (inputs read once, outputs written once) and ``eager_bytes`` a lower
+bound of what the eager reference (convformer_fast.reference.DMHCSA) moves for the same
+work. Nothing here needs a GPU except :func:`time_layer`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+DTYPE_BYTES = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4, torch.float64: 8}
+
+
+def _geometry(layout: str, tokens: int, features: int) -> tuple[int, int]:
+    """(channels C, length L) of the folded convolution."""
+    if layout not in ("spatial", "temporal"):
+        raise ValueError(f"layout: got {layout!r}, expected 'spatial' or 'temporal'")
+    return (features, tokens) if layout == "spatial" else (tokens, features)
+
+
+def projection_costs(layout: str, n: int, tokens: int, features: int, kernel_sizes: Sequence[int],
+                     dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Folded conv-QKV projection of one DMHCSA layer, forward and backward.
+
+    E = n * tokens * features elements per activation; C channels, k = max kernel size.
+    Fused forward: one GEMM of (n L) x 3C x (C k) -> 2 * 3C * C * k * (n L) = 6 E C k FLOPs;
+    it reads x and the folded weight once and writes qkv once: (4E + 3C C k + 3C) * b.
+    Eager forward (reference): per Q/K/V and kernel i a Conv1d (reads x, writes y_i), the
+    eta scaling (reads and writes y_i) and the running sum (two reads and a write per
+    kernel after the first), plus each per-kernel weight: at least
+    (3 (4 n_k E + 3 (n_k - 1) E) + 3 sum_i (C C k_i + C)) * b.
+    Backward: grad input and grad weight are each as large as the forward GEMM.
+    """
+    c, length = _geometry(layout, tokens, features)
+    b = DTYPE_BYTES[dtype]
+    e = n * tokens * features
+    k = max(kernel_sizes)
+    n_k = len(kernel_sizes)
+    folded_weight = 3 * c * c * k + 3 * c
+    fwd_flops = 2 * (n * length) * (3 * c) * (c * k)
+    eager_flops = sum(2 * (n * length) * (3 * c) * (c * ki) for ki in kernel_sizes) + 2 * 3 * n_k * e
+    eager_weights = 3 * sum(c * c * ki + c for ki in kernel_sizes)
+    return dict(
+        fwd_flops=fwd_flops,
+        fwd_min_bytes=(4 * e + folded_weight) * b,
+        eager_fwd_flops=eager_flops,
+        eager_fwd_bytes=(3 * (4 * n_k * e + 3 * (n_k - 1) * e) + eager_weights) * b,
+        # grad x (transposed conv) + grad W; reads g (3E), x, W; writes gx and the fp32
+        # partial sums of gW (one per row chunk; counted once here).
+        bwd_flops=2 * fwd_flops,
+        bwd_min_bytes=(5 * e + 2 * folded_weight) * b,
+        eager_bwd_flops=2 * eager_flops,
+    )
+
+
+def attention_costs(n: int, heads: int, tokens: int, head_dim: int,
+                    dtype: torch.dtype = torch.bfloat16, block_m: int = 128) -> dict:
+    """Multi-head attention of one DMHCSA layer (paper eq. 7), forward and backward.
+
+    NH = n * heads problems of S = tokens, E = NH * S * d elements per tensor.
+    Forward: Q K^T and P V, 4 NH S^2 d FLOPs; the fused kernel reads Q, K, V, writes the
+    output (heads merged) and a fp32 log-sum-exp per row: 4E b + 4 NH S bytes.
+    Eager (reference DMHCSA): scores written, scaled (read + write), softmax (read + write),
+    read again by P V, plus reading Q, K, V, writing the output and the head-merge copy:
+    at least (6E + 6 NH S^2) * b.
+    Backward: 8 NH S^2 d useful FLOPs (what eager autograd does, keeping P in memory);
+    the flash-attention-2 kernels recompute the scores in both the dK/dV and the dQ
+    kernel and execute 14 NH S^2 d;
+    it reads Q, K, V, O, dO, lse, delta and writes dQ, dK, dV: 8E b + 12 NH S bytes.
+    Eager autograd reads P and writes dP, dS and the scaled dS (S x S each, 9 NH S^2 in
+    all) besides 10E for the matmul operands and results.
+    executed_*: with the head dim padded to BLOCK_D = max(16, next power of two) and, when
+    S <= block_m, P = block_m // S heads packed per program with a block-diagonal mask
+    (every packed query meets every packed key).
+    """
+    b = DTYPE_BYTES[dtype]
+    nh = n * heads
+    e = nh * tokens * head_dim
+    block_d = max(16, 1 << (head_dim - 1).bit_length())
+    pack = max(1, block_m // tokens)
+    pack = min(pack, nh)
+    score_pairs = nh * tokens * tokens
+    executed_pairs = score_pairs * pack
+    return dict(
+        fwd_flops=4 * score_pairs * head_dim,
+        fwd_executed_flops=4 * executed_pairs * block_d,
+        fwd_min_bytes=4 * e * b + 4 * nh * tokens,
+        eager_fwd_bytes=(6 * e + 6 * score_pairs) * b,
+        bwd_flops=8 * score_pairs * head_dim,
+        bwd_executed_flops=14 * executed_pairs * block_d,
+        bwd_min_bytes=8 * e * b + 12 * nh * tokens,
+        eager_bwd_bytes=(10 * e + 9 * score_pairs) * b,
+    )
+
+
+def layer_costs(layout: str, n: int, tokens: int, features: int, heads: int,
+                kernel_sizes: Sequence[int], dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Both kernels of one DMHCSA layer: {"projection": {...}, "attention": {...}}."""
+    return dict(
+        projection=projection_costs(layout, n, tokens, features, kernel_sizes, dtype),
+        attention=attention_costs(n, heads, tokens, features // heads, dtype),
+    )
+
+
+def _layer_inputs(layout, n, tokens, features, heads, kernel_sizes, dtype, device, seed=0):
+    from ..fast import DMHCSAFast
+    from ..reference import DMHCSA
+
+    torch.manual_seed(seed)
+    reference = DMHCSA(layout, tokens, features, kernel_sizes, heads).to(device, dtype)
+    fast = DMHCSAFast(layout, tokens, features, kernel_sizes, heads, backend="triton").to(device, dtype)
+    fast.load_state_dict(reference.state_dict())
+    x = torch.randn(n, tokens, features, device=device, dtype=dtype)
+    return reference, fast, x
+
+
+def time_layer(layout: str, n: int, tokens: int, features: int, heads: int,
+               kernel_sizes: Sequence[int] = (7, 7, 7), dtype: torch.dtype = torch.bfloat16,
+               device: str = "cuda", quantiles: Sequence[float] = (0.5, 0.2, 0.8)) -> list[dict]:
+    """Time each Triton kernel of one DMHCSA layer and the eager layer on a CUDA device.
+
+    Returns rows {"stage", "ms", "ms_p20", "ms_p80", "tflops", "gbps"} for: projection
+    forward / backward, attention forward / backward, the whole Triton layer forward and
+    forward + backward, and the eager reference layer forward and forward + backward.
+    Achieved TFLOP/s and GB/s use the useful FLOPs and minimum bytes of
+    :func:`layer_costs`. Raises RuntimeError without a CUDA device.
+    """
+    import triton.testing
+
+    from . import load_ops
+
+    if not torch.cuda.is_available() or not str(device).startswith("cuda"):
+        raise RuntimeError("time_layer: needs a CUDA device (the interpreter is not timed)")
+    ops = load_ops()
+    costs = layer_costs(layout, n, tokens, features, heads, kernel_sizes, dtype)
+    proj, attn = costs["projection"], costs["attention"]
+    reference, fast, x = _layer_inputs(layout, n, tokens, features, heads, kernel_sizes, dtype, device)
+    with torch.no_grad():
+        weight, bias = fast.folded_qkv()
+    qkv = ops.qkv_projection(x, weight, bias, heads, layout)
+    out, lse = torch.ops.convformer_fast.triton_attention(qkv)
+    grad_out = torch.randn_like(out)
+    grad_qkv = torch.ops.convformer_fast.triton_attention_backward(grad_out, qkv, out, lse)
+    x_grad = x.detach().requires_grad_()
+
+    def fwd_bwd(module):
+        def run():
+            module(x_grad).backward(grad_out)
+        return run
+
+    stages = [
+        ("projection_fwd", lambda: ops.qkv_projection(x, weight, bias, heads, layout),
+         proj["fwd_flops"], proj["fwd_min_bytes"]),
+        ("projection_bwd", lambda: torch.ops.convformer_fast.triton_qkv_projection_backward(
+            grad_qkv, x, weight, heads, layout), proj["bwd_flops"], proj["bwd_min_bytes"]),
+        ("attention_fwd", lambda: torch.ops.convformer_fast.triton_attention(qkv),
+         attn["fwd_flops"], attn["fwd_min_bytes"]),
+        ("attention_bwd", lambda: torch.ops.convformer_fast.triton_attention_backward(
+            grad_out, qkv, out, lse), attn["bwd_flops"], attn["bwd_min_bytes"]),
+        ("triton_layer_fwd", lambda: fast(x), proj["fwd_flops"] + attn["fwd_flops"],
+         proj["fwd_min_bytes"] + attn["fwd_min_bytes"]),
+        ("triton_layer_fwd_bwd", fwd_bwd(fast), None, None),
+        ("eager_layer_fwd", lambda: reference(x), proj["eager_fwd_flops"] + attn["fwd_flops"],
+         proj["eager_fwd_bytes"] + attn["eager_fwd_bytes"]),
+        ("eager_layer_fwd_bwd", fwd_bwd(reference), None, None),
+    ]
+    rows = []
+    for name, fn, flops, nbytes in stages:
+        ms, lo, hi = triton.testing.do_bench(fn, quantiles=list(quantiles))
+        rows.append(dict(stage=name, layout=layout, n=n, tokens=tokens, features=features,
+                         heads=heads, dtype=str(dtype), ms=ms, ms_p20=lo, ms_p80=hi,
+                         tflops=flops / ms / 1e9 if flops else None,
+                         gbps=nbytes / ms / 1e6 if nbytes else None,
+                         device=torch.cuda.get_device_name()))
+    return rows
+
+
+def compile_report(arch: int = 90, dtypes: Sequence[str] = ("bf16", "fp32"),
+                   kernel_names: Sequence[str] | None = None, all_configs: bool = False,
+                   block_d: int = 128, spatial: bool = False,
+                   config_filter: Callable[[dict], bool] | None = None) -> list[dict]:
+    """Compile the kernels ahead of time for ``sm_<arch>`` (no GPU needed) and report
+    registers, stack (spilled) bytes and shared memory per configuration.
+
+    ``dtypes`` are Triton pointer types ("bf16", "fp16", "fp32", "fp64"; fp32 compiles the
+    exact FMA path, as TF32 is off). By default only each kernel's first autotune
+    configuration is compiled; ``all_configs=True`` compiles all, ``config_filter`` keeps
+    those whose keyword dict it accepts. Must run in a process where TRITON_INTERPRET is
+    unset (the kernels must be ``@triton.jit`` functions, not interpreted ones). Resource
+    usage comes from ``cuobjdump --dump-resource-usage`` of the cubin.
+    """
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from . import kernels
+
+    if kernels.INTERPRETED:
+        raise RuntimeError("compile_report: the kernels were defined under TRITON_INTERPRET=1; "
+                           "run it in a process without it")
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    names = kernel_names or [
+        "qkv_projection_fwd_kernel", "qkv_projection_grad_input_kernel",
+        "qkv_projection_grad_weight_kernel", "attention_fwd_kernel",
+        "attention_bwd_preprocess_kernel", "attention_bwd_dkdv_kernel", "attention_bwd_dq_kernel",
+    ]
+    rows = []
+    for name in names:
+        kernel = getattr(kernels, name)
+        autotuned = isinstance(kernel, triton.runtime.Autotuner)
+        fn = kernel.fn if autotuned else kernel  # the JITFunction
+        if autotuned:
+            candidates = [c for c in kernel.configs if config_filter is None or config_filter(c.kwargs)]
+            if not all_configs:
+                candidates = candidates[:1]
+        else:
+            candidates = [None]
+        for dtype in dtypes:
+            acc = "*fp64" if dtype == "fp64" else "*fp32"
+            for config in candidates:
+                constexprs = dict(ACC_FP64=dtype == "fp64", ALLOW_TF32=False, SPATIAL=spatial,
+                                  BLOCK_D=block_d, BLOCK_M=kernels.preprocess_block_rows(block_d))
+                if config is not None:
+                    constexprs.update(config.kwargs)
+                constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
+                signature = {}
+                for arg in fn.arg_names:
+                    if arg in constexprs:
+                        signature[arg] = "constexpr"
+                    elif arg in ("gw_ptr", "gb_ptr", "lse_ptr", "delta_ptr"):
+                        signature[arg] = acc
+                    elif arg.endswith("_ptr"):
+                        signature[arg] = "*" + dtype
+                    else:
+                        signature[arg] = "i32"
+                options = dict(num_warps=config.num_warps, num_stages=config.num_stages) if config else {}
+                row = dict(kernel=name, dtype=dtype, arch=arch,
+                           config=dict(config.kwargs) if config else {}, **options)
+                try:
+                    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                              target=GPUTarget("cuda", arch, 32), options=options)
+                    row["shared_bytes"] = compiled.metadata.shared
+                    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+                        f.write(compiled.asm["cubin"])
+                    usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name],
+                                           capture_output=True, text=True).stdout
+                    os.unlink(f.name)
+                    found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+                    row["registers"] = int(found.group(1)) if found else None
+                    row["spill_bytes"] = int(found.group(2)) if found else None
+                except Exception as exc:  # a compile failure is the finding; report it
+                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                rows.append(row)
+    return rows
+
+
+def fmt_costs(costs: dict) -> str:
+    """One line per cost, in GFLOP and MB, for READMEs and logs."""
+    lines = []
+    for key, value in costs.items():
+        unit = "GFLOP" if "flops" in key else "MB"
+        lines.append(f"{key:22s} {value / 1e9 if unit == 'GFLOP' else value / 1e6:10.3f} {unit}")
+    return "\n".join(lines)
