@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 # Without a GPU the Triton kernels run through the interpreter, which triton reads when a
 # kernel is defined: set it before anything imports convformer_fast.triton.
@@ -41,3 +42,17 @@ def assert_close(actual, expected, tol, what=""):
 @pytest.fixture(params=FAST_BACKENDS)
 def fast_backend(request):
     return request.param
+
+
+def reference_qkv(x, weight, bias, num_heads, layout):
+    """The folded projection through F.conv1d, split into heads: (3, N, h, S, F/h).
+
+    The oracle of every backend's qkv projection (written out here, independent of the
+    package's own head-split helper)."""
+    n, s, f = x.shape
+    pad = weight.shape[-1] // 2
+    if layout == "spatial":
+        y = F.conv1d(x.transpose(1, 2), weight, bias, padding=pad)  # (N, 3F, S)
+        return y.view(n, 3, num_heads, f // num_heads, s).permute(1, 0, 2, 4, 3)
+    y = F.conv1d(x, weight, bias, padding=pad)  # (N, 3S, F)
+    return y.view(n, 3, s, num_heads, f // num_heads).permute(1, 0, 3, 2, 4)

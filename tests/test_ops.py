@@ -12,6 +12,8 @@ import torch.nn.functional as F
 import convformer_fast as cf
 from convformer_fast import ops
 
+from conftest import reference_qkv
+
 pytestmark = pytest.mark.skipif(not cf.extension_loaded(), reason=str(cf.EXTENSION_ERROR))
 
 # (layout, N, S, F, heads, k): joints 15/17 with d_head 4, frames with odd T, d_head 68.
@@ -22,17 +24,6 @@ SHAPES = [
     ("temporal", 1, 7, 34, 2, 9),
     ("spatial", 2, 5, 4, 1, 11),  # kernel longer than the axis it slides over
 ]
-
-
-def reference_qkv(x, weight, bias, heads, layout):
-    """The same projection through F.conv1d, split into heads: (3, N, h, S, F/h)."""
-    n, s, f = x.shape
-    pad = weight.shape[-1] // 2
-    if layout == "spatial":
-        y = F.conv1d(x.transpose(1, 2), weight, bias, padding=pad)  # (N, 3F, S)
-        return y.view(n, 3, heads, f // heads, s).permute(1, 0, 2, 4, 3)
-    y = F.conv1d(x, weight, bias, padding=pad)  # (N, 3S, F)
-    return y.view(n, 3, s, heads, f // heads).permute(1, 0, 3, 2, 4)
 
 
 def make_args(layout, n, s, f, heads, k, dtype=torch.float32, requires_grad=False):

@@ -15,7 +15,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 
 def ensure_interpreter_when_no_gpu() -> None:
@@ -26,6 +25,7 @@ def ensure_interpreter_when_no_gpu() -> None:
 ensure_interpreter_when_no_gpu()
 
 from convformer_fast import triton as triton_backend  # noqa: E402
+from conftest import reference_qkv  # noqa: E402,F401  (the one oracle, re-exported)
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -45,17 +45,6 @@ FP64_TOL = dict(rtol=1e-10, atol=1e-12)
 def tops():
     """The Triton ops module (defines the kernels on first use)."""
     return triton_backend.load_ops()
-
-
-def reference_qkv(x, weight, bias, num_heads, layout):
-    """The folded projection through F.conv1d, split into heads: (3, N, h, S, F/h)."""
-    n, s, f = x.shape
-    pad = weight.shape[-1] // 2
-    if layout == "spatial":
-        y = F.conv1d(x.transpose(1, 2), weight, bias, padding=pad)  # (N, 3F, S)
-        return y.view(n, 3, num_heads, f // num_heads, s).permute(1, 0, 2, 4, 3)
-    y = F.conv1d(x, weight, bias, padding=pad)  # (N, 3S, F)
-    return y.view(n, 3, s, num_heads, f // num_heads).permute(1, 0, 3, 2, 4)
 
 
 def reference_attention(qkv):
