@@ -33,19 +33,24 @@ void head_scores(const T* q, const T* k, T* scores, T* k_t, T scale, const Atten
 }
 
 // out[i][:] = sum_j p[i][j] * v[j][:]   (p: S x S, v: one head's S x d input, out rows ld_out apart)
+// v_rows: scratch of S x d, where a tiny head's V is gathered row-major so that the inner
+// loop over d is contiguous (the spatial conv view stores V with the tokens contiguous).
 template <typename T>
-void head_values(const T* p, const T* v, T* out, int64_t ld_out, const AttentionShape& s) {
+void head_values(const T* p, const T* v, T* out, int64_t ld_out, T* v_rows, const AttentionShape& s) {
   const int64_t S = s.tokens, dh = s.head_dim;
   if (!is_tiny(s)) {
     gemm<T>(false, s.head_transposed(), S, dh, S, 1, p, S, v, s.head_ld(), 0, out, ld_out);
     return;
   }
+  for (int64_t j = 0; j < S; ++j)
+    for (int64_t e = 0; e < dh; ++e) v_rows[j * dh + e] = v[s.at(j, e)];
   for (int64_t i = 0; i < S; ++i) {
     T* o = out + i * ld_out;
     std::fill_n(o, dh, T(0));
     for (int64_t j = 0; j < S; ++j) {
       const T pij = p[i * S + j];
-      for (int64_t e = 0; e < dh; ++e) o[e] += pij * v[s.at(j, e)];
+      const T* vj = v_rows + j * dh;
+      for (int64_t e = 0; e < dh; ++e) o[e] += pij * vj[e];
     }
   }
 }
@@ -101,12 +106,13 @@ void attention_forward(const T* qkv, T* out, T* lse, const AttentionShape& s) {
     T* k_t = scratch<T, 1>(S * dh);
     T* max_of_row = scratch<T, 2>(S);
     T* sum_of_row = scratch<T, 3>(S);
+    T* v_rows = scratch<T, 5>(S * dh);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / s.heads, head = item % s.heads;
       head_scores(qkv + s.in_offset(0, n, head), qkv + s.in_offset(1, n, head), scores, k_t, scale, s);
       exp_rows(scores, max_of_row, sum_of_row, S);
       T* o = out + n * S * F + head * dh;
-      head_values(scores, qkv + s.in_offset(2, n, head), o, F, s);
+      head_values(scores, qkv + s.in_offset(2, n, head), o, F, v_rows, s);
       T* lse_row = lse + item * S;
       for (int64_t i = 0; i < S; ++i) {
         const T inverse = T(1) / sum_of_row[i];
