@@ -161,3 +161,66 @@ def test_degenerate_configurations(backend, config):
     x = torch.randn(2, config["num_frames"], config["num_joints"], 2, dtype=torch.float64)
     with torch.no_grad():
         assert_close(fast(x), ref(x), FORWARD_TOL[torch.float64], str(config))
+
+
+def resident_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_memory_stays_flat_over_many_calls(backend):
+    """2,000 inference calls (the fold cache must not grow with distinct inputs) and 200
+    training steps keep the resident set flat after warm-up."""
+    torch.manual_seed(0)
+    model = cf.ConvFormerFast(num_frames=9, num_joints=17, embed_dim=8, num_heads=4,
+                              kernel_sizes=(3, 5), backend=backend)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model.eval()
+    with torch.no_grad():
+        for _ in range(200):
+            model(torch.randn(2, 9, 17, 2))
+        before = resident_mb()
+        for _ in range(2000):
+            model(torch.randn(2, 9, 17, 2))  # a new input every call
+    inference_growth = resident_mb() - before
+    model.train()
+    for _ in range(20):
+        optimizer.zero_grad()
+        model(torch.randn(4, 9, 17, 2)).square().mean().backward()
+        optimizer.step()
+    before = resident_mb()
+    for _ in range(200):
+        optimizer.zero_grad()
+        model(torch.randn(4, 9, 17, 2)).square().mean().backward()
+        optimizer.step()
+    training_growth = resident_mb() - before
+    assert inference_growth < 16, f"inference grew {inference_growth:.1f} MB"
+    assert training_growth < 16, f"training grew {training_growth:.1f} MB"
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_deterministic_algorithms_mode_is_honoured(backend):
+    torch.manual_seed(0)
+    model = cf.ConvFormerFast(num_frames=5, num_joints=17, embed_dim=8, num_heads=2,
+                              drop_path=0.0, agg_dropout=0.0, backend=backend)
+    x = torch.randn(3, 5, 17, 2)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = []
+        for _ in range(2):
+            model.zero_grad()
+            model(x).sum().backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_unservable_device_raises_before_any_work(backend):
+    layer = DMHCSAFast("spatial", 17, 8, (3,), 2, backend=backend)
+    with pytest.raises(ValueError, match=f"backend '{backend}' cannot run this input: .*device 'meta'"):
+        layer(torch.empty(2, 17, 8, device="meta"))
