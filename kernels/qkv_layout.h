@@ -35,9 +35,6 @@ struct QkvGeometry {
   CF_HOST_DEVICE int64_t out_channels() const { return 3 * channels(); }
   CF_HOST_DEVICE int64_t head_dim() const { return features / heads; }
   CF_HOST_DEVICE int64_t pad() const { return kernel_size / 2; }
-  // Columns of one im2col row: (c_in, tap) pairs, tap fastest, matching a Conv1d weight
-  // (C_out, C_in, k) viewed as a (C_out, C_in * k) matrix.
-  CF_HOST_DEVICE int64_t patch_size() const { return channels() * kernel_size; }
 
   // Offset of conv-view element (n, c, l) in the contiguous input x (N, S, F).
   CF_HOST_DEVICE int64_t x_offset(int64_t n, int64_t c, int64_t l) const {

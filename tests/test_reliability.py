@@ -20,7 +20,7 @@ from convformer_fast.fast import DMHCSAFast
 
 from conftest import FORWARD_TOL, GRAD_TOL, assert_close
 
-settings.register_profile("ci", max_examples=120, deadline=None, derandomize=True,
+settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=1000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -37,13 +37,13 @@ def configurations(draw):
     num_heads = draw(st.sampled_from([1, 2, 4]))
     embed_dim = num_heads * draw(st.integers(1, 4))
     return dict(
-        num_frames=draw(st.integers(1, 16)),
-        num_joints=draw(st.integers(1, 20)),
+        num_frames=draw(st.integers(1, 64)),
+        num_joints=draw(st.integers(1, 24)),
         embed_dim=embed_dim,
         num_heads=num_heads,
         kernel_sizes=tuple(draw(st.lists(st.sampled_from([1, 3, 5, 7, 9, 11]), min_size=1, max_size=4))),
-        spatial_depth=draw(st.integers(1, 2)),
-        temporal_depth=draw(st.integers(1, 2)),
+        spatial_depth=draw(st.integers(1, 3)),
+        temporal_depth=draw(st.integers(1, 3)),
         drop_path=0.0,
         agg_dropout=0.0,
     )
@@ -60,7 +60,7 @@ def random_model(config, dtype, seed):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@given(config=configurations(), batch=st.integers(1, 3), magnitude=st.sampled_from([1e-3, 1.0, 1e3]),
+@given(config=configurations(), batch=st.integers(1, 5), magnitude=st.sampled_from([1e-3, 1.0, 1e3]),
        dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
 def test_every_backend_matches_eager(backend, config, batch, magnitude, dtype, seed):
     ref = random_model(config, dtype, seed)
