@@ -193,6 +193,16 @@ def _missing_subjects(path, key: str, wanted, found, available):
                                  f"subjects {sorted(set(wanted))} (file has {sorted(available)})")
 
 
+def keep_split_subjects(path, poses_3d: dict, wanted, split) -> dict:
+    """The subjects of a named split (e.g. 'train') that the 3D file holds; an error naming
+    the file when it holds none of them."""
+    kept = {s: v for s, v in poses_3d.items() if s in wanted}
+    if not kept:
+        raise DatasetFormatError(path, "'positions_3d'", f"no subject of split {split!r}",
+                                 f"at least one of {list(wanted)} (file has {sorted(poses_3d)})")
+    return kept
+
+
 def read_positions_3d(path, description: str, joints: Sequence[int],
                       subjects: Optional[Iterable[str]] = None) -> dict[str, dict[str, np.ndarray]]:
     """Read a VideoPose3D ``positions_3d`` file.

@@ -41,7 +41,7 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from .camera import H36M_EXTRINSICS, H36M_INTRINSICS, h36m_camera, normalize_screen_coordinates
-from .formats import DatasetFormatError, read_positions_2d, read_positions_3d
+from .formats import DatasetFormatError, keep_split_subjects, read_positions_2d, read_positions_3d
 from .skeleton import H36M_17, H36M_KEEP_JOINTS
 from .windows import PoseSequence, PoseWindowDataset
 
@@ -186,11 +186,7 @@ def load_h36m(path_3d, path_2d, subjects: Union[str, Iterable[str], None] = None
 
     if is_split:
         poses_3d = load_h36m_3d(path_3d)
-        found = sorted(poses_3d)
-        poses_3d = {s: v for s, v in poses_3d.items() if s in wanted}
-        if not poses_3d:
-            raise DatasetFormatError(path_3d, "'positions_3d'", f"no subject of split {subjects!r}",
-                                     f"at least one of {list(wanted)} (file has {found})")
+        poses_3d = keep_split_subjects(path_3d, poses_3d, wanted, subjects)
         wanted = tuple(poses_3d)
     else:
         poses_3d = load_h36m_3d(path_3d, wanted)

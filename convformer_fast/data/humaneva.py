@@ -31,7 +31,7 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from .camera import HUMANEVA_EXTRINSICS, HUMANEVA_INTRINSICS, humaneva_camera, normalize_screen_coordinates
-from .formats import DatasetFormatError, read_positions_2d, read_positions_3d
+from .formats import DatasetFormatError, keep_split_subjects, read_positions_2d, read_positions_3d
 from .skeleton import HUMANEVA_15
 from .windows import PoseSequence, PoseWindowDataset
 
@@ -106,11 +106,7 @@ def load_humaneva(path_3d, path_2d, subjects: Union[str, Iterable[str], None] = 
     joints = (HUMANEVA_15.num_joints,)
     if is_split:
         poses_3d = read_positions_3d(path_3d, _3D_DESC, joints=joints)
-        found = sorted(poses_3d)
-        poses_3d = {s: v for s, v in poses_3d.items() if s in wanted}
-        if not poses_3d:
-            raise DatasetFormatError(path_3d, "'positions_3d'", f"no subject of split {subjects!r}",
-                                     f"at least one of {list(wanted)} (file has {found})")
+        poses_3d = keep_split_subjects(path_3d, poses_3d, wanted, subjects)
         wanted = tuple(poses_3d)
     else:
         poses_3d = read_positions_3d(path_3d, _3D_DESC, joints=joints, subjects=wanted)
