@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from . import ops
 from . import triton as triton_backend
 from ._extension import EXTENSION_ERROR, extension_loaded
-from .reference import DMHCSA, SPATIAL
+from .reference import DMHCSA, SPATIAL, ConvFormerBlock
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 AUTO = "auto"
@@ -54,6 +54,18 @@ class Backend:
 
     def attention(self, module: DMHCSA, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(f"backend {self.name!r} has no attention implementation")
+
+    # The two halves of a ConvFormer block (paper eq. 8). Backends override them to fuse a
+    # half's LayerNorm, main op and residual add; the defaults compose the modules, drawing
+    # random numbers in the eager order (aggregation dropout, then each DropPath), which is
+    # what a fused override must fall back to whenever a DropPath is active.
+    def attention_residual(self, block: ConvFormerBlock, x: torch.Tensor) -> torch.Tensor:
+        """``x + DropPath(DMHCSA(LN1(x)))``."""
+        return x + block.drop_path(block.attn(block.norm1(x)))
+
+    def feed_forward_residual(self, block: ConvFormerBlock, x: torch.Tensor) -> torch.Tensor:
+        """``x + DropPath(FFN(LN2(x)))``."""
+        return x + block.drop_path(block.mlp(block.norm2(x)))
 
 
 class EagerBackend(Backend):

@@ -66,12 +66,22 @@ class DMHCSAFast(DMHCSA):
 
 
 class ConvFormerBlockFast(ConvFormerBlock):
-    """:class:`ConvFormerBlock` whose attention is a :class:`DMHCSAFast`."""
+    """:class:`ConvFormerBlock` whose attention is a :class:`DMHCSAFast`.
+
+    Each half of the block (paper eq. 8) goes to the backend, which may fuse the half's
+    LayerNorm, its main op and the residual add into one kernel (see
+    :meth:`convformer_fast.backends.Backend.attention_residual`).
+    """
 
     attention_cls = DMHCSAFast
 
     def __init__(self, *args, backend: str = AUTO, **kwargs):
         super().__init__(*args, backend=backend, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backend = select_backend(self.attn.backend, x)
+        x = backend.attention_residual(self, x)
+        return backend.feed_forward_residual(self, x)
 
 
 class ConvFormerFast(ConvFormer):

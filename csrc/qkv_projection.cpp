@@ -1,8 +1,9 @@
 // convformer_fast::qkv_projection on the CPU, and its backward on every device.
 //
 // The folded projection is one Conv1d (ARCHITECTURE.md section 2), i.e. one large GEMM:
-// on the CPU it runs as oneDNN's convolution through ATen (an im2col GEMM of our own ran
-// ~1.4x slower than oneDNN on these shapes). The result is returned as qkv (3, N, h, S, F/h):
+// on the CPU the temporal layout runs as oneDNN's convolution through ATen (an im2col GEMM
+// of our own ran ~1.4x slower than oneDNN there), the spatial layout as chunked im2col GEMMs
+// (cpu/spatial_projection.cpp), where oneDNN is slow. The result is returned as qkv (3, N, h, S, F/h):
 // Q, K, V split into heads as a strided view of the convolution's output, with no copy; the
 // attention kernels read that layout directly.
 // The backward is ATen's convolution backward on the gradient gathered back into conv
@@ -12,6 +13,7 @@
 
 #include <tuple>
 
+#include "cpu/spatial_projection.h"
 #include "qkv_projection.h"
 
 namespace convformer_fast {
@@ -21,7 +23,9 @@ at::Tensor qkv_projection_cpu(const at::Tensor& x, const at::Tensor& weight, con
                               int64_t num_heads, c10::string_view layout) {
   const auto g = qkv_geometry("qkv_projection", x, weight, &bias, num_heads,
                               std::string_view(layout.data(), layout.size()));
-  const at::Tensor y = at::conv1d(conv_input(x, g), weight, bias, 1, g.pad());
+  const bool own_kernel = g.spatial && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
+  const at::Tensor y = own_kernel ? cpu::spatial_projection(x, weight, bias, g)
+                                  : at::conv1d(conv_input(x, g), weight, bias, 1, g.pad());
   return qkv_view_of_conv(y, g);
 }
 
