@@ -60,8 +60,11 @@ def _extension():
     with_cuda = _want_cuda()
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # -fno-trapping-math lets branch-free float code (fast_exp.h) vectorise; torch uses it too.
+    # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` in ATen's headers, so
+    # without it every parallel loop of ours silently runs on one thread. The OpenMP
+    # runtime resolves to the libgomp.so.1 torch has already loaded.
     cxx = opt + ["-std=c++20", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",
-                 "-fno-trapping-math", "-fno-math-errno"]
+                 "-fno-trapping-math", "-fno-math-errno", "-fopenmp"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     extra = {"cxx": cxx}
     ext_cls = CppExtension
@@ -85,6 +88,7 @@ def _extension():
         sources,
         include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "kernels")],
         extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
         py_limited_api=False,
     )
 

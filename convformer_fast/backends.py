@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from . import ops
 from . import triton as triton_backend
 from ._extension import EXTENSION_ERROR, extension_loaded
-from .reference import DMHCSA, SPATIAL, ConvFormerBlock
+from .reference import DMHCSA, SPATIAL, TEMPORAL, ConvFormerBlock
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 AUTO = "auto"
@@ -100,7 +100,11 @@ class CpuBackend(Backend):
 
     def attention(self, module, x):
         weight, bias = module.folded_qkv()
-        qkv = ops.qkv_projection(x, weight, bias, module.num_heads, module.layout)
+        winograd = None
+        tile = ops.winograd_tile(weight.shape[-1], module.channels) if module.layout == TEMPORAL else 0
+        if tile:
+            winograd = module.derived_from_fold("winograd", weight, lambda w: ops.winograd_weight(w, tile))
+        qkv = ops.qkv_projection(x, weight, bias, module.num_heads, module.layout, winograd)
         return ops.attention(qkv)
 
 

@@ -26,7 +26,8 @@ class DMHCSAFast(DMHCSA):
 
     def _init_fast(self, backend: str) -> None:
         self.backend = check_backend_name(backend)
-        self._fold_cache = None  # (key, weight, bias), replaced whole, never mutated
+        # (key, weight, bias, derived: {name: tensor}), replaced whole, never mutated
+        self._fold_cache = None
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", backend={self.backend!r}"
@@ -50,15 +51,31 @@ class DMHCSAFast(DMHCSA):
         parameter changes; in training (or with gradients on) it is recomputed each call
         so gradients flow through it and aggregation dropout draws a fresh mask.
         """
-        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not self._caches_fold():
             return fold_qkv(self.conv_groups(), self.aggregation_weights())
         key = self._fold_key()  # taken before reading the weights: a racing update misses
         cached = self._fold_cache
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
         weight, bias = fold_qkv(self.conv_groups(), self.aggregation_weights())
-        self._fold_cache = (key, weight, bias)
+        self._fold_cache = (key, weight, bias, {})
         return weight, bias
+
+    def _caches_fold(self) -> bool:
+        return not (self.training or torch.is_grad_enabled() or torch.compiler.is_compiling())
+
+    def derived_from_fold(self, name: str, weight: torch.Tensor, derive) -> torch.Tensor:
+        """``derive(weight)`` for the folded ``weight`` just returned by :meth:`folded_qkv`,
+        cached beside the fold (and invalidated with it) when the fold is cached. Backends
+        keep weight layouts of their kernels here (e.g. the Winograd-transformed weight)."""
+        cached = self._fold_cache
+        if not self._caches_fold() or cached is None or cached[1] is not weight:
+            return derive(weight)
+        value = cached[3].get(name)
+        if value is None:
+            value = derive(weight)
+            self._fold_cache = cached[:3] + ({**cached[3], name: value},)
+        return value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _checks.check_tokens(x, self.num_tokens, self.num_features, type(self).__name__)

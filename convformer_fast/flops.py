@@ -83,6 +83,8 @@ def _qkv_projection_macs(x: Shape, weight: Shape, layout: str) -> int:
 
 @flop_formula(f"{NAMESPACE}::qkv_projection", f"{NAMESPACE}::triton_qkv_projection")
 def _qkv_projection(call: OpCall) -> int:
+    # Counted as the folded convolution it computes, also when the CPU runs it through
+    # Winograd (csrc/cpu/winograd.h), which executes fewer: "FLOPs of the folded model".
     x, weight, _bias, _heads, layout = call.args[:5]
     return _qkv_projection_macs(x, weight, layout)
 
@@ -93,6 +95,13 @@ def _qkv_projection_backward(call: OpCall) -> int:
     # conv; grad_bias is a sum. Same convention as torch's conv backward formula.
     _grad, x, weight, _heads, layout = call.args[:5]
     return 2 * _qkv_projection_macs(x, weight, layout)
+
+
+@flop_formula(f"{NAMESPACE}::winograd_weight")
+def _winograd_weight(call: OpCall) -> int:
+    """W~ = G (alpha x k) applied to every (out, in) pair of taps: alpha * 3C * C * k."""
+    (out_channels, in_channels, k), tile = call.args[:2]
+    return (tile + k - 1) * out_channels * in_channels * k
 
 
 def _attention_macs(batch_heads: int, s_q: int, s_k: int, d_qk: int, d_v: int) -> int:

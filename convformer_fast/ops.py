@@ -13,17 +13,46 @@ from ._extension import EXTENSION_ERROR, extension_loaded
 
 
 def qkv_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_heads: int,
-                   layout: str) -> torch.Tensor:
+                   layout: str, winograd_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Folded conv-QKV projection of one DMHCSA layer.
 
     x (N, S, F); weight (3C, C, k) and bias (3C,) from :func:`convformer_fast.fold.fold_qkv`,
     C = F for ``layout="spatial"`` and C = S for ``"temporal"``.
     Returns qkv (3, N, h, S, F/h): Q, K and V split into heads, as a strided view of the
     convolution's output (no copy; see :func:`qkv_view_of_conv`).
+
+    ``winograd_weight``: ``winograd_weight(weight, tile)`` of this very ``weight``, for callers
+    that cache it; the CPU then computes a temporal layer with Winograd F(tile, k). It
+    carries no gradient (gradients reach ``weight``).
     """
     if not extension_loaded():
         raise RuntimeError(f"qkv_projection: {EXTENSION_ERROR}")
-    return torch.ops.convformer_fast.qkv_projection(x, weight, bias, num_heads, layout)
+    return torch.ops.convformer_fast.qkv_projection(x, weight, bias, num_heads, layout, winograd_weight)
+
+
+# Winograd F(m, k) pays off when its alpha = m + k - 1 point GEMMs are big enough to run at
+# BLAS speed: the contraction runs over the C = T channels (frames), so short windows stay on
+# the direct convolution. alpha is capped at 10 (csrc/cpu/winograd.h: numerical error).
+WINOGRAD_MAX_POINTS = 10
+WINOGRAD_MIN_CHANNELS = 64
+
+
+def winograd_tile(kernel_size: int, channels: int) -> int:
+    """The Winograd tile m the CPU uses for a temporal layer, or 0 for the direct convolution."""
+    tile = WINOGRAD_MAX_POINTS - kernel_size + 1
+    if kernel_size < 3 or tile < 2 or channels < WINOGRAD_MIN_CHANNELS:
+        return 0
+    return tile
+
+
+def winograd_weight(weight: torch.Tensor, tile: int) -> torch.Tensor:
+    """The folded weight (3C, C, k) transformed for Winograd F(tile, k): (tile + k - 1, 3C, C).
+
+    A derived, gradient-free view of ``weight`` (computed under no_grad)."""
+    if not extension_loaded():
+        raise RuntimeError(f"winograd_weight: {EXTENSION_ERROR}")
+    with torch.no_grad():
+        return torch.ops.convformer_fast.winograd_weight(weight, tile)
 
 
 def qkv_view_of_conv(y: torch.Tensor, layout: str, num_heads: int) -> torch.Tensor:
@@ -56,7 +85,7 @@ def _register() -> None:
     lib = "convformer_fast::"
 
     @torch.library.register_fake(lib + "qkv_projection")
-    def _qkv_projection_fake(x, weight, bias, num_heads, layout):
+    def _qkv_projection_fake(x, weight, bias, num_heads, layout, winograd_weight=None):
         n, s, f = x.shape
         torch._check(f % num_heads == 0, lambda: "qkv_projection: num_heads must divide F")
         y = x.new_empty((n, 3 * f, s) if layout == "spatial" else (n, 3 * s, f))
@@ -66,8 +95,13 @@ def _register() -> None:
     def _qkv_projection_backward_fake(grad_qkv, x, weight, num_heads, layout):
         return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
+    @torch.library.register_fake(lib + "winograd_weight")
+    def _winograd_weight_fake(weight, tile):
+        out_channels, channels, kernel_size = weight.shape
+        return weight.new_empty((tile + kernel_size - 1, out_channels, channels))
+
     def setup_context(ctx, inputs, output):
-        x, weight, _bias, num_heads, layout = inputs
+        x, weight, _bias, num_heads, layout, _winograd_weight = inputs
         ctx.save_for_backward(x, weight)
         ctx.num_heads, ctx.layout = num_heads, layout
 
@@ -76,7 +110,7 @@ def _register() -> None:
         grad_x, grad_weight, grad_bias = torch.ops.convformer_fast.qkv_projection_backward(
             grad_qkv, x, weight, ctx.num_heads, ctx.layout
         )
-        return grad_x, grad_weight, grad_bias, None, None
+        return grad_x, grad_weight, grad_bias, None, None, None
 
     torch.library.register_autograd(lib + "qkv_projection", backward, setup_context=setup_context)
 

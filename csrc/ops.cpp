@@ -6,7 +6,14 @@
 TORCH_LIBRARY(convformer_fast, m) {
   // Folded conv-QKV projection of one DMHCSA layer (ARCHITECTURE.md section 2):
   // x (N, S, F), weight (3C, C, k), bias (3C) -> qkv (3, N, h, S, F/h).
-  m.def("qkv_projection(Tensor x, Tensor weight, Tensor bias, int num_heads, str layout) -> Tensor");
+  // winograd_weight: winograd_weight(weight, tile), passed by callers that keep it cached
+  // with the folded weight; when given, the CPU computes a temporal layer through it
+  // (csrc/cpu/winograd.h). It carries no gradient: gradients flow through `weight`.
+  m.def(
+      "qkv_projection(Tensor x, Tensor weight, Tensor bias, int num_heads, str layout, "
+      "Tensor? winograd_weight=None) -> Tensor");
+  // The folded weight (3C, C, k) transformed for Winograd F(tile, k): (tile + k - 1, 3C, C).
+  m.def("winograd_weight(Tensor weight, int tile) -> Tensor");
   // Gradients of qkv_projection w.r.t. (x, weight, bias).
   m.def(
       "qkv_projection_backward(Tensor grad_qkv, Tensor x, Tensor weight, int num_heads, "

@@ -1,9 +1,10 @@
 // convformer_fast::qkv_projection on the CPU, and its backward on every device.
 //
 // The folded projection is one Conv1d (ARCHITECTURE.md section 2), i.e. one large GEMM:
-// on the CPU the temporal layout runs as oneDNN's convolution through ATen (an im2col GEMM
-// of our own ran ~1.4x slower than oneDNN there), the spatial layout as chunked im2col GEMMs
-// (cpu/spatial_projection.cpp), where oneDNN is slow. The result is returned as qkv (3, N, h, S, F/h):
+// on the CPU the spatial layout runs as chunked im2col GEMMs (cpu/spatial_projection.cpp),
+// where oneDNN is slow; the temporal layout through Winograd F(m, k) when the caller passes
+// the transformed weight (cpu/winograd.h), else as oneDNN's convolution through ATen (an
+// im2col GEMM of our own ran ~1.4x slower than oneDNN there). The result is returned as qkv (3, N, h, S, F/h):
 // Q, K, V split into heads as a strided view of the convolution's output, with no copy; the
 // attention kernels read that layout directly.
 // The backward is ATen's convolution backward on the gradient gathered back into conv
@@ -14,19 +15,27 @@
 #include <tuple>
 
 #include "cpu/spatial_projection.h"
+#include "cpu/winograd.h"
 #include "qkv_projection.h"
 
 namespace convformer_fast {
 namespace {
 
+at::Tensor projection_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                          const std::optional<at::Tensor>& winograd_weight, const QkvGeometry& g) {
+  const bool own_kernels = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
+  if (own_kernels && g.spatial) return cpu::spatial_projection(x, weight, bias, g);
+  if (own_kernels && winograd_weight.has_value())
+    return cpu::temporal_winograd_projection(x, *winograd_weight, bias, g);
+  return at::conv1d(conv_input(x, g), weight, bias, 1, g.pad());
+}
+
 at::Tensor qkv_projection_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                              int64_t num_heads, c10::string_view layout) {
+                              int64_t num_heads, c10::string_view layout,
+                              const std::optional<at::Tensor>& winograd_weight) {
   const auto g = qkv_geometry("qkv_projection", x, weight, &bias, num_heads,
                               std::string_view(layout.data(), layout.size()));
-  const bool own_kernel = g.spatial && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
-  const at::Tensor y = own_kernel ? cpu::spatial_projection(x, weight, bias, g)
-                                  : at::conv1d(conv_input(x, g), weight, bias, 1, g.pad());
-  return qkv_view_of_conv(y, g);
+  return qkv_view_of_conv(projection_cpu(x, weight, bias, winograd_weight, g), g);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_projection_backward_aten(

@@ -73,6 +73,16 @@ def test_train_step_matches_eager(fast_backend, config):
         assert_close(fast_params[name].grad, p.grad, GRAD_TOL[torch.float32], f"grad {name}")
 
 
+@pytest.mark.skipif(not cf.extension_loaded(), reason=str(cf.EXTENSION_ERROR))
+def test_cpu_backend_computes_long_windows_with_winograd():
+    torch.manual_seed(0)
+    layer = DMHCSAFast("temporal", 65, 12, (3, 7), 2, backend="cpu").eval()
+    with torch.no_grad():
+        layer(torch.randn(2, 65, 12))
+    weight = layer._fold_cache[1]
+    torch.testing.assert_close(layer._fold_cache[3]["winograd"], cf.ops.winograd_weight(weight, 4))
+
+
 def test_layer_level_modules(fast_backend):
     torch.manual_seed(0)
     for layout, tokens, features, heads in [("spatial", 15, 8, 2), ("temporal", 7, 60, 4)]:

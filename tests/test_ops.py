@@ -106,6 +106,73 @@ def test_bad_arguments_raise_value_error(bad, match):
         ops.qkv_projection(args["x"], args["weight"], args["bias"], args["heads"], args["layout"])
 
 
+# Temporal layers of >= 64 frames run Winograd F(m, k) on the CPU (csrc/cpu/winograd.h):
+# (N, S = C channels, F = L length, heads, k, tile). Odd L leaves a partial last tile; L
+# shorter than the tile or the kernel; every tile the backend picks (k = 3, 5, 7, 9).
+WINOGRAD_SHAPES = [
+    (1, 64, 68, 1, 7, 4),
+    (3, 65, 101, 1, 3, 8),
+    (2, 70, 17, 1, 9, 2),
+    (1, 81, 34, 2, 5, 6),
+    (2, 64, 3, 1, 7, 4),
+    (1, 3, 10, 1, 3, 1),  # F(1, 3): any tile the op accepts
+]
+
+
+def winograd_args(n, s, f, heads, k, tile, dtype=torch.float32):
+    x, weight, bias, heads, layout = make_args("temporal", n, s, f, heads, k, dtype)
+    return x, weight, bias, heads, layout, ops.winograd_weight(weight, tile)
+
+
+# Winograd's transforms cost about 10x the rounding error of a direct fp32 convolution
+# (norm-relative ~3e-6 for k = 7): within the ops' fp32 tolerance, rtol = atol = 1e-4.
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, (1e-4, 1e-4)), (torch.float64, (1e-10, 1e-12))], ids=str)
+@pytest.mark.parametrize("shape", WINOGRAD_SHAPES, ids=str)
+def test_winograd_projection_matches_conv1d(shape, dtype, tol):
+    args = winograd_args(*shape, dtype=dtype)
+    expected = reference_qkv(*args[:5])
+    torch.testing.assert_close(ops.qkv_projection(*args), expected, rtol=tol[0], atol=tol[1])
+
+
+def test_winograd_projection_gradients_flow_through_weight():
+    args = list(winograd_args(*WINOGRAD_SHAPES[1]))
+    for t in args[:3]:
+        t.requires_grad_(True)
+    grad = torch.randn(ops.qkv_projection(*args).shape)
+    mine = torch.autograd.grad(ops.qkv_projection(*args), args[:3], grad)
+    theirs = torch.autograd.grad(reference_qkv(*args[:5]), args[:3], grad)
+    for name, a, b in zip(("x", "weight", "bias"), mine, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"grad {name}: {m}")
+
+
+def test_winograd_tile_rule():
+    assert [ops.winograd_tile(k, 243) for k in (1, 3, 5, 7, 9, 11)] == [0, 8, 6, 4, 2, 0]
+    assert ops.winograd_tile(7, ops.WINOGRAD_MIN_CHANNELS - 1) == 0
+
+
+def test_winograd_opcheck():
+    x, weight, bias, heads, layout, transformed = winograd_args(*WINOGRAD_SHAPES[1])
+    torch.library.opcheck(torch.ops.convformer_fast.winograd_weight.default, (weight, 8))
+    args = (x.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), heads, layout, transformed)
+    torch.library.opcheck(torch.ops.convformer_fast.qkv_projection.default, args)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda w, t: ops.winograd_weight(w, 0), "winograd_weight: Winograd tile=0"),
+    (lambda w, t: ops.winograd_weight(w, 5), "needs 11 points"),
+    (lambda w, t: ops.winograd_weight(w[:, :, :2], 4), r"winograd_weight: weight must be .* odd k"),
+    (lambda w, t: ops.winograd_weight(w.half(), 4), "float32 and float64"),
+    (lambda w, t: ops.qkv_projection(torch.randn(1, 64, 20), w, torch.zeros(192), 1, "temporal", t[:, :10]),
+     r"qkv_projection: winograd_weight must be \(alpha, 192, 64\)"),
+    (lambda w, t: ops.qkv_projection(torch.randn(1, 64, 20), w, torch.zeros(192), 1, "temporal", t.double()),
+     "qkv_projection: winograd_weight dtype"),
+])
+def test_winograd_bad_arguments(call, match):
+    weight = torch.randn(192, 64, 7)
+    with pytest.raises(ValueError, match=match):
+        call(weight, ops.winograd_weight(weight, 4))
+
+
 def small_fast_model():
     torch.manual_seed(0)
     return cf.ConvFormerFast(num_frames=5, num_joints=17, embed_dim=8, num_heads=4,

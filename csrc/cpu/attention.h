@@ -1,7 +1,6 @@
 // Shared declarations of the CPU attention kernels (attention_kernel.cpp), whose per-head
 // code (attention_impl.h) is compiled twice: for the baseline CPU and, on x86-64, for
-// AVX2 + FMA (attention_kernel_avx2.cpp), chosen at run time. The extension is built
-// without -march flags so that it loads on any CPU of its architecture.
+// AVX2 + FMA (kernels_avx2.cpp, see avx2.h), chosen at run time.
 #pragma once
 
 #include <algorithm>
@@ -29,19 +28,7 @@ struct AttentionShape {
   bool head_transposed() const { return stride_dim != 1; }
   int64_t head_ld() const { return head_transposed() ? stride_dim : stride_token; }
   int64_t at(int64_t i, int64_t e) const { return i * stride_token + e * stride_dim; }
-  // Work items per parallel_for grain: enough small problems to amortise scheduling.
-  int64_t grain() const {
-    return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, tokens * tokens * head_dim));
-  }
 };
 
-
-#if defined(__x86_64__)
-#define CONVFORMER_FAST_HAVE_AVX2_KERNELS 1
-bool cpu_supports_avx2_fma();
-void attention_forward_avx2(const float* qkv, float* out, float* lse, const AttentionShape& s);
-void attention_backward_avx2(const float* grad_out, const float* qkv, const float* out,
-                             const float* lse, float* grad_qkv, const AttentionShape& s);
-#endif
 
 }  // namespace convformer_fast::cpu

@@ -1,303 +1,231 @@
 // Per-head attention kernels, templated on the element type. This file is included INSIDE a
 // namespace by attention_kernel.cpp (baseline) and attention_kernel_avx2.cpp (AVX2 + FMA),
 // after every header it needs, so it has no #include of its own and no include guard.
-// Needs: attention.h, gemm.h, scratch.h, <ATen/Parallel.h>, <cmath>, and fast_exp.h
-// included in the same namespace just before it.
+// Needs: attention.h, gemm.h, scratch.h, <ATen/Parallel.h>, <cmath>, <cstring>, <limits>, and
+// fast_exp.h then simd.h included in the same namespace just before it.
+//
+// Two kernels per direction:
+// * short heads (S <= kMaxShortTokens: the spatial heads, S = J = 15..17 with d_head = 4, and
+//   the temporal heads of short windows) are computed "query-major": every vector lane holds
+//   one query token, so scores, max, exp, sum and P V are whole-vector operations with no
+//   horizontal reduction, and only one key's row of scores is live at a time in the
+//   backward. The query axis is padded to P, a multiple of kVec, with zero queries whose
+//   results are dropped.
+// * long heads (temporal, S up to 351, d_head up to 128) put their S x S products on BLAS
+//   and keep the S x S scores of one head in a per-thread buffer.
 
-// Products of one head. Spatial heads are tiny (S = 17, d = 4): looping over the key index
-// innermost against K^T keeps those loops vectorisable; larger heads go to BLAS.
-bool is_tiny(const AttentionShape& s) {
-  return s.tokens * s.tokens * s.head_dim <= kSmallGemmMacs;
-}
+// Short heads pad their query axis to P = NV * kVec lanes (simd.h), NV a compile-time
+// constant, so one row of P lanes is NV vector registers.
+constexpr int64_t kMaxShortTokens = 32;
 
-// Dot product with kLanes independent partial sums combined in a fixed order: vectorisable
-// without -ffast-math reassociation, and deterministic.
+bool is_short(const AttentionShape& s) { return s.tokens <= kMaxShortTokens; }
+
+// One work item: sample n's head `head`, and that head's Q, K and V inside qkv.
 template <typename T>
-T lane_dot(const T* a, const T* b, int64_t n) {
-  constexpr int kDotLanes = 8;
-  T lanes[kDotLanes] = {};
-  int64_t e = 0;
-  for (; e + kDotLanes <= n; e += kDotLanes)
-    for (int l = 0; l < kDotLanes; ++l) lanes[l] += a[e + l] * b[e + l];
-  for (; e < n; ++e) lanes[0] += a[e] * b[e];
-  T sum = 0;
-  for (int l = 0; l < kDotLanes; ++l) sum += lanes[l];
-  return sum;
-}
+struct HeadInputs {
+  int64_t n, head;
+  const T *q, *k, *v;
+  HeadInputs(const T* qkv, const AttentionShape& s, int64_t item)
+      : n(item / s.heads), head(item % s.heads), q(qkv + s.in_offset(0, n, head)),
+        k(qkv + s.in_offset(1, n, head)), v(qkv + s.in_offset(2, n, head)) {}
+};
 
-// scores[i][j] = scale * sum_e q[i][e] * k[j][e]   (q, k: one head's S x d inputs)
-template <typename T>
-void head_scores(const T* q, const T* k, T* scores, T* k_t, T scale, const AttentionShape& s) {
-  const int64_t S = s.tokens, dh = s.head_dim;
-  const bool t = s.head_transposed();
-  if (!is_tiny(s)) {
-    gemm<T>(t, !t, S, S, dh, scale, q, s.head_ld(), k, s.head_ld(), 0, scores, S);
-    return;
-  }
-  if (!t) {  // rows of d contiguous (temporal): one contiguous dot product per score
-    const int64_t ld = s.head_ld();
-    for (int64_t i = 0; i < S; ++i)
-      for (int64_t j = 0; j < S; ++j) scores[i * S + j] = scale * lane_dot(q + i * ld, k + j * ld, dh);
-    return;
-  }
-  for (int64_t j = 0; j < S; ++j)
-    for (int64_t e = 0; e < dh; ++e) k_t[e * S + j] = k[s.at(j, e)];
-  for (int64_t i = 0; i < S; ++i) {
-    T* row = scores + i * S;
-    std::fill_n(row, S, T(0));
-    for (int64_t e = 0; e < dh; ++e) {
-      const T qe = scale * q[s.at(i, e)];
-      const T* kt_row = k_t + e * S;
-      for (int64_t j = 0; j < S; ++j) row[j] += qe * kt_row[j];
+// dst[e * P + i] = scale * src(i, e) for i < S, 0 for S <= i < P: one head's (S, d) matrix
+// transposed so that tokens run along vector lanes; src(i, e) = src[i * token_stride + e * dim_stride].
+template <typename T, int64_t P>
+void gather_transposed(const T* src, int64_t token_stride, int64_t dim_stride, T scale, T* dst,
+                       int64_t S, int64_t dh) {
+  for (int64_t e = 0; e < dh; ++e) {
+    T* row = dst + e * P;
+    const T* col = src + e * dim_stride;
+    if (token_stride == 1) {  // the spatial conv view: a head's tokens are contiguous
+      for (int64_t i = 0; i < S; ++i) row[i] = scale * col[i];
+    } else {
+      for (int64_t i = 0; i < S; ++i) row[i] = scale * col[i * token_stride];
     }
+    for (int64_t i = S; i < P; ++i) row[i] = T(0);
   }
 }
 
-// out[i][:] = sum_j p[i][j] * v[j][:]   (p: S x S, v: one head's S x d input, out rows ld_out apart)
-// v_rows: scratch of S x d, where a tiny head's V is gathered row-major so that the inner
-// loop over d is contiguous (the spatial conv view stores V with the tokens contiguous).
-template <typename T>
-void head_values(const T* p, const T* v, T* out, int64_t ld_out, T* v_rows, const AttentionShape& s) {
-  const int64_t S = s.tokens, dh = s.head_dim;
-  if (!is_tiny(s)) {
-    gemm<T>(false, s.head_transposed(), S, dh, S, 1, p, S, v, s.head_ld(), 0, out, ld_out);
-    return;
+// acc = sum_e m(j, e) * cols[e * P ...]: token j of K (or V) against every query lane.
+template <typename T, int64_t NV>
+void token_row(const T* m, int64_t j, const AttentionShape& s, const T* cols, Vec<T> (&acc)[NV]) {
+  for (int64_t v = 0; v < NV; ++v) acc[v] = Vec<T>{};
+  for (int64_t e = 0; e < s.head_dim; ++e) {
+    const Vec<T> w = broadcast(m[s.at(j, e)]);
+    const T* c = cols + e * NV * kVec;
+    for (int64_t v = 0; v < NV; ++v) acc[v] += w * load(c + v * kVec);
   }
-  for (int64_t j = 0; j < S; ++j)
-    for (int64_t e = 0; e < dh; ++e) v_rows[j * dh + e] = v[s.at(j, e)];
-  for (int64_t i = 0; i < S; ++i) {
-    T* o = out + i * ld_out;
-    std::fill_n(o, dh, T(0));
-    for (int64_t j = 0; j < S; ++j) {
-      const T pij = p[i * S + j];
-      const T* vj = v_rows + j * dh;
-      for (int64_t e = 0; e < dh; ++e) o[e] += pij * vj[e];
+}
+
+template <typename T, int64_t NV>
+void attention_forward_short(const T* qkv, T* out, T* lse, const AttentionShape& s, T scale) {
+  constexpr int64_t P = NV * kVec;
+  const int64_t S = s.tokens, dh = s.head_dim, F = s.features();
+  const int64_t grain = std::max<int64_t>(1, 4096 / (S * P * std::max<int64_t>(dh, 4)));
+  at::parallel_for(0, s.batch * s.heads, grain, [&](int64_t begin, int64_t end) {
+    T* q_cols = scratch<T, 0>(dh * P);  // scale * Q^T
+    T* probs = scratch<T, 1>(S * P);    // probs[j][i]: query i against key j, then exp
+    T* lanes = scratch<T, 2>(4 * P);    // 1 / sum, max, sum, and one output row
+    for (int64_t item = begin; item < end; ++item) {
+      const auto [n, head, q, k, v] = HeadInputs<T>(qkv, s, item);
+      gather_transposed<T, P>(q, s.stride_token, s.stride_dim, scale, q_cols, S, dh);
+      Vec<T> row[NV], col_max[NV], col_sum[NV];
+      for (int64_t u = 0; u < NV; ++u) col_max[u] = broadcast(-std::numeric_limits<T>::infinity());
+      for (int64_t j = 0; j < S; ++j) {
+        token_row<T, NV>(k, j, s, q_cols, row);
+        for (int64_t u = 0; u < NV; ++u) {
+          col_max[u] = lane_max(row[u], col_max[u]);
+          store(probs + j * P + u * kVec, row[u]);
+        }
+      }
+      // A NaN score is skipped by the max but still poisons exp and the sum, hence the output.
+      for (int64_t u = 0; u < NV; ++u) col_sum[u] = Vec<T>{};
+      for (int64_t j = 0; j < S; ++j)
+        for (int64_t u = 0; u < NV; ++u) {
+          const Vec<T> p = fast_exp(load(probs + j * P + u * kVec) - col_max[u]);
+          store(probs + j * P + u * kVec, p);
+          col_sum[u] += p;
+        }
+      T *inverse = lanes, *max = lanes + P, *sum = lanes + 2 * P, *o_row = lanes + 3 * P;
+      for (int64_t u = 0; u < NV; ++u) {
+        store(inverse + u * kVec, T(1) / col_sum[u]);
+        store(max + u * kVec, col_max[u]);
+        store(sum + u * kVec, col_sum[u]);
+      }
+      T* o = out + n * S * F + head * dh;
+      for (int64_t e = 0; e < dh; ++e) {
+        Vec<T> acc[NV] = {};
+        for (int64_t j = 0; j < S; ++j) {
+          const Vec<T> w = broadcast(v[s.at(j, e)]);
+          for (int64_t u = 0; u < NV; ++u) acc[u] += w * load(probs + j * P + u * kVec);
+        }
+        for (int64_t u = 0; u < NV; ++u) store(o_row + u * kVec, acc[u] * load(inverse + u * kVec));
+        for (int64_t i = 0; i < S; ++i) o[i * F + e] = o_row[i];
+      }
+      T* lse_row = lse + item * S;
+      for (int64_t i = 0; i < S; ++i) lse_row[i] = max[i] + std::log(sum[i]);
     }
+  });
+}
+
+// One key j at a time (flash-attention style, P recomputed from the saved lse):
+//   p_i = exp(scale q_i . k_j - lse_i),  dp_i = dO_i . v_j,  ds_i = p_i (dp_i - D_i) scale
+//   dV_j = sum_i p_i dO_i,  dK_j = sum_i ds_i q_i,  dQ_i += ds_i k_j,  D_i = dO_i . O_i.
+// Padded query lanes have q = dO = D = lse = 0, so their p = 1 meets dO = 0 and ds = 0.
+template <typename T, int64_t NV>
+void attention_backward_short(const T* grad_out, const T* qkv, const T* out, const T* lse,
+                              T* grad_qkv, const AttentionShape& s, T scale) {
+  constexpr int64_t P = NV * kVec;
+  const int64_t S = s.tokens, dh = s.head_dim, F = s.features();
+  const int64_t grain = std::max<int64_t>(1, 2048 / (S * P * std::max<int64_t>(dh, 4)));
+  at::parallel_for(0, s.batch * s.heads, grain, [&](int64_t begin, int64_t end) {
+    T* q_cols = scratch<T, 0>(dh * P);   // Q^T (unscaled)
+    T* do_cols = scratch<T, 1>(dh * P);  // dO^T
+    T* o_cols = scratch<T, 2>(dh * P);   // O^T, for D
+    T* dq_cols = scratch<T, 3>(dh * P);  // dQ^T
+    T* lanes = scratch<T, 4>(P);
+    for (int64_t item = begin; item < end; ++item) {
+      const auto [n, head, q, k, v] = HeadInputs<T>(qkv, s, item);
+      gather_transposed<T, P>(q, s.stride_token, s.stride_dim, T(1), q_cols, S, dh);
+      gather_transposed<T, P>(grad_out + n * S * F + head * dh, F, 1, T(1), do_cols, S, dh);
+      gather_transposed<T, P>(out + n * S * F + head * dh, F, 1, T(1), o_cols, S, dh);
+      Vec<T> row_dot[NV] = {}, lse_lanes[NV];
+      for (int64_t e = 0; e < dh; ++e)
+        for (int64_t u = 0; u < NV; ++u)
+          row_dot[u] += load(do_cols + e * P + u * kVec) * load(o_cols + e * P + u * kVec);
+      std::copy_n(lse + item * S, S, lanes);
+      std::fill(lanes + S, lanes + P, T(0));
+      for (int64_t u = 0; u < NV; ++u) lse_lanes[u] = load(lanes + u * kVec);
+      std::fill_n(dq_cols, dh * P, T(0));
+      T* dq = grad_qkv + s.out_offset(0, n, head);
+      T* dk = grad_qkv + s.out_offset(1, n, head);
+      T* dv = grad_qkv + s.out_offset(2, n, head);
+      Vec<T> p[NV], ds[NV];
+      for (int64_t j = 0; j < S; ++j) {
+        token_row<T, NV>(k, j, s, q_cols, p);
+        for (int64_t u = 0; u < NV; ++u) p[u] = fast_exp(scale * p[u] - lse_lanes[u]);
+        token_row<T, NV>(v, j, s, do_cols, ds);
+        for (int64_t u = 0; u < NV; ++u) ds[u] = p[u] * (ds[u] - row_dot[u]) * scale;
+        for (int64_t e = 0; e < dh; ++e) {
+          Vec<T> dv_lanes = {}, dk_lanes = {};
+          const Vec<T> w = broadcast(k[s.at(j, e)]);
+          for (int64_t u = 0; u < NV; ++u) {
+            dv_lanes += p[u] * load(do_cols + e * P + u * kVec);
+            dk_lanes += ds[u] * load(q_cols + e * P + u * kVec);
+            T* dq_e = dq_cols + e * P + u * kVec;
+            store(dq_e, load(dq_e) + w * ds[u]);
+          }
+          dv[j * dh + e] = sum_lanes(dv_lanes);
+          dk[j * dh + e] = sum_lanes(dk_lanes);
+        }
+      }
+      for (int64_t i = 0; i < S; ++i)
+        for (int64_t e = 0; e < dh; ++e) dq[i * dh + e] = dq_cols[e * P + i];
+    }
+  });
+}
+
+// Calls body.template operator()<NV>() with the vectors per padded query row of a short head.
+template <int64_t NV = 1, typename Body>
+void with_query_vectors(int64_t tokens, Body&& body) {
+  if constexpr (NV * kVec >= kMaxShortTokens) {
+    body.template operator()<NV>();
+  } else {
+    if (tokens <= NV * kVec) return body.template operator()<NV>();
+    with_query_vectors<NV + 1>(tokens, body);
   }
 }
 
-// Reductions over a row with 8 independent lanes combined in a fixed order: vectorisable
+// Reductions over a row with kVec independent lanes combined in a fixed order: vectorisable
 // without -ffast-math reassociation, and deterministic.
 template <typename T>
 T row_max(const T* row, int64_t n) {
-  constexpr int kLanes = 8;
-  T lanes[kLanes];
-  for (int l = 0; l < kLanes; ++l) lanes[l] = row[0];
+  T lanes[kVec];
+  for (int64_t l = 0; l < kVec; ++l) lanes[l] = row[0];
   int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) lanes[l] = row[j + l] > lanes[l] ? row[j + l] : lanes[l];
+  for (; j + kVec <= n; j += kVec)
+    for (int64_t l = 0; l < kVec; ++l) lanes[l] = row[j + l] > lanes[l] ? row[j + l] : lanes[l];
   for (; j < n; ++j) lanes[0] = row[j] > lanes[0] ? row[j] : lanes[0];
   T max = lanes[0];
-  for (int l = 1; l < kLanes; ++l) max = lanes[l] > max ? lanes[l] : max;
+  for (int64_t l = 1; l < kVec; ++l) max = lanes[l] > max ? lanes[l] : max;
   return max;  // a NaN in the row is skipped here but still poisons exp and the row sum
 }
 
 template <typename T>
 T row_sum(const T* row, int64_t n) {
-  constexpr int kLanes = 8;
-  T lanes[kLanes] = {};
+  T lanes[kVec] = {};
   int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) lanes[l] += row[j + l];
+  for (; j + kVec <= n; j += kVec)
+    for (int64_t l = 0; l < kVec; ++l) lanes[l] += row[j + l];
   for (; j < n; ++j) lanes[0] += row[j];
   T sum = 0;
-  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+  for (int64_t l = 0; l < kVec; ++l) sum += lanes[l];
   return sum;
 }
 
-// scores -> exp(scores - row max) in place, with each row's max and sum. Subtracting the
-// max keeps exp from overflowing; a NaN score makes its whole row NaN.
 template <typename T>
-void exp_rows(T* scores, T* max_out, T* sum_out, int64_t S) {
-  for (int64_t i = 0; i < S; ++i) {
-    T* row = scores + i * S;
-    const T max = row_max(row, S);
-    for (int64_t j = 0; j < S; ++j) row[j] = fast_exp(row[j] - max);
-    max_out[i] = max;
-    sum_out[i] = row_sum(row, S);
-  }
-}
-
-// Tiny heads, kLanes at a time. A spatial head (S = 17, d = 4) is too small for any loop
-// inside it to fill a vector register, so kLanes independent (sample, head) items are
-// interleaved instead: every array below is [...][kLanes] and every inner loop runs over
-// the lanes with a constant trip count, which the compiler turns into whole vectors. Each
-// query row is finished (scores, max, exp, sum, P V) before the next, so only one row of
-// scores exists at a time. Items past `end` repeat the last item; their results are dropped.
-constexpr int64_t kLanes = 8;
-
-// Lanes pay off when a head is too narrow to vectorise on its own; wide tiny heads
-// (T = 9 frames, d = 68) vectorise along d instead.
-bool use_lanes(const AttentionShape& s) { return is_tiny(s) && s.head_dim < kLanes; }
-
-struct LaneGroup {
-  int64_t first, count;  // items first .. first + count - 1 are real, count <= kLanes
-  int64_t item(int64_t lane) const { return first + std::min(lane, count - 1); }
-};
-
-// dst[i][e][lane] = one head's (S, d) matrix `which` of each lane's item.
-template <typename T>
-void gather_lanes(const T* qkv, int64_t which, const LaneGroup& g, T* dst, const AttentionShape& s) {
-  const int64_t S = s.tokens, dh = s.head_dim;
-  for (int64_t lane = 0; lane < kLanes; ++lane) {
-    const int64_t item = g.item(lane);
-    const T* src = qkv + s.in_offset(which, item / s.heads, item % s.heads);
-    for (int64_t i = 0; i < S; ++i)
-      for (int64_t e = 0; e < dh; ++e) dst[(i * dh + e) * kLanes + lane] = src[s.at(i, e)];
-  }
-}
-
-// dst[i][e][lane] = rows of the head-merged (N, S, h*d) tensor `merged` (out or grad_out).
-template <typename T>
-void gather_merged_lanes(const T* merged, const LaneGroup& g, T* dst, const AttentionShape& s) {
+void attention_forward_long(const T* qkv, T* out, T* lse, const AttentionShape& s, T scale) {
   const int64_t S = s.tokens, dh = s.head_dim, F = s.features();
-  for (int64_t lane = 0; lane < kLanes; ++lane) {
-    const int64_t item = g.item(lane);
-    const T* src = merged + (item / s.heads) * S * F + (item % s.heads) * dh;
-    for (int64_t i = 0; i < S; ++i)
-      for (int64_t e = 0; e < dh; ++e) dst[(i * dh + e) * kLanes + lane] = src[i * F + e];
-  }
-}
-
-// row[j][lane] = scale * sum_e a[e][lane] * b[j][e][lane]: one query row against all keys.
-template <typename T>
-void lane_dots(const T* a, const T* b, T scale, T* row, int64_t S, int64_t dh) {
-  for (int64_t j = 0; j < S; ++j) {
-    T acc[kLanes] = {};
-    const T* bj = b + j * dh * kLanes;
-    for (int64_t e = 0; e < dh; ++e)
-      for (int64_t l = 0; l < kLanes; ++l) acc[l] += a[e * kLanes + l] * bj[e * kLanes + l];
-    for (int64_t l = 0; l < kLanes; ++l) row[j * kLanes + l] = scale * acc[l];
-  }
-}
-
-template <typename T>
-void attention_forward_lanes(const T* qkv, T* out, T* lse, const AttentionShape& s, T scale) {
-  const int64_t S = s.tokens, dh = s.head_dim, F = s.features(), items = s.batch * s.heads;
-  const int64_t groups = (items + kLanes - 1) / kLanes;
-  at::parallel_for(0, groups, std::max<int64_t>(1, s.grain() / kLanes), [&](int64_t begin, int64_t end) {
-    T* q = scratch<T, 0>(S * dh * kLanes);
-    T* k = scratch<T, 1>(S * dh * kLanes);
-    T* v = scratch<T, 2>(S * dh * kLanes);
-    T* row = scratch<T, 3>(S * kLanes);
-    T* acc = scratch<T, 4>(dh * kLanes);
-    for (int64_t group = begin; group < end; ++group) {
-      const LaneGroup g{group * kLanes, std::min(kLanes, items - group * kLanes)};
-      gather_lanes(qkv, 0, g, q, s);
-      gather_lanes(qkv, 1, g, k, s);
-      gather_lanes(qkv, 2, g, v, s);
-      for (int64_t i = 0; i < S; ++i) {
-        lane_dots(q + i * dh * kLanes, k, scale, row, S, dh);
-        T max[kLanes], sum[kLanes] = {};
-        for (int64_t l = 0; l < kLanes; ++l) max[l] = row[l];
-        for (int64_t j = 1; j < S; ++j)
-          for (int64_t l = 0; l < kLanes; ++l) max[l] = row[j * kLanes + l] > max[l] ? row[j * kLanes + l] : max[l];
-        for (int64_t j = 0; j < S; ++j)
-          for (int64_t l = 0; l < kLanes; ++l) {
-            const T p = fast_exp(row[j * kLanes + l] - max[l]);
-            row[j * kLanes + l] = p;
-            sum[l] += p;
-          }
-        std::fill_n(acc, dh * kLanes, T(0));
-        for (int64_t j = 0; j < S; ++j)
-          for (int64_t e = 0; e < dh; ++e)
-            for (int64_t l = 0; l < kLanes; ++l) acc[e * kLanes + l] += row[j * kLanes + l] * v[(j * dh + e) * kLanes + l];
-        for (int64_t lane = 0; lane < g.count; ++lane) {
-          const int64_t item = g.first + lane;
-          T* o = out + ((item / s.heads) * S + i) * F + (item % s.heads) * dh;
-          const T inverse = T(1) / sum[lane];
-          for (int64_t e = 0; e < dh; ++e) o[e] = acc[e * kLanes + lane] * inverse;
-          lse[item * S + i] = max[lane] + std::log(sum[lane]);
-        }
-      }
-    }
-  });
-}
-
-// The backward of attention_forward_lanes, one query row i at a time:
-//   P_ij = exp(s_ij - lse_i), dV_j += P_ij dO_i, dS_ij = P_ij (dO_i . V_j - D_i) scale,
-//   dQ_i = sum_j dS_ij K_j, dK_j += dS_ij Q_i.
-template <typename T>
-void attention_backward_lanes(const T* grad_out, const T* qkv, const T* out, const T* lse,
-                              T* grad_qkv, const AttentionShape& s, T scale) {
-  const int64_t S = s.tokens, dh = s.head_dim, items = s.batch * s.heads, head_size = S * dh * kLanes;
-  const int64_t groups = (items + kLanes - 1) / kLanes;
-  at::parallel_for(0, groups, std::max<int64_t>(1, s.grain() / kLanes), [&](int64_t begin, int64_t end) {
-    T* q = scratch<T, 0>(head_size);
-    T* k = scratch<T, 1>(head_size);
-    T* v = scratch<T, 2>(head_size);
-    T* row = scratch<T, 3>(S * kLanes);
-    T* d_out = scratch<T, 4>(head_size);
-    T* o = scratch<T, 5>(head_size);
-    T* grads = scratch<T, 6>(3 * head_size);  // dQ, dK, dV
-    T* grad_row = scratch<T, 7>(S * kLanes);
-    for (int64_t group = begin; group < end; ++group) {
-      const LaneGroup g{group * kLanes, std::min(kLanes, items - group * kLanes)};
-      gather_lanes(qkv, 0, g, q, s);
-      gather_lanes(qkv, 1, g, k, s);
-      gather_lanes(qkv, 2, g, v, s);
-      gather_merged_lanes(grad_out, g, d_out, s);
-      gather_merged_lanes(out, g, o, s);
-      std::fill_n(grads, 3 * head_size, T(0));
-      T* dq = grads;
-      T* dk = grads + head_size;
-      T* dv = grads + 2 * head_size;
-      for (int64_t i = 0; i < S; ++i) {
-        const T* qi = q + i * dh * kLanes;
-        const T* doi = d_out + i * dh * kLanes;
-        T row_lse[kLanes], row_dot[kLanes] = {};
-        for (int64_t l = 0; l < kLanes; ++l) row_lse[l] = lse[g.item(l) * S + i];
-        for (int64_t e = 0; e < dh; ++e)
-          for (int64_t l = 0; l < kLanes; ++l) row_dot[l] += doi[e * kLanes + l] * o[(i * dh + e) * kLanes + l];
-        lane_dots(qi, k, scale, row, S, dh);
-        lane_dots(doi, v, T(1), grad_row, S, dh);
-        for (int64_t j = 0; j < S; ++j)
-          for (int64_t l = 0; l < kLanes; ++l) {
-            const T p = fast_exp(row[j * kLanes + l] - row_lse[l]);
-            row[j * kLanes + l] = p;
-            grad_row[j * kLanes + l] = p * (grad_row[j * kLanes + l] - row_dot[l]) * scale;
-          }
-        T* dqi = dq + i * dh * kLanes;
-        for (int64_t j = 0; j < S; ++j) {
-          const T* pj = row + j * kLanes;
-          const T* dsj = grad_row + j * kLanes;
-          for (int64_t e = 0; e < dh; ++e)
-            for (int64_t l = 0; l < kLanes; ++l) {
-              const int64_t at = (j * dh + e) * kLanes + l;
-              dv[at] += pj[l] * doi[e * kLanes + l];
-              dk[at] += dsj[l] * qi[e * kLanes + l];
-              dqi[e * kLanes + l] += dsj[l] * k[at];
-            }
-        }
-      }
-      for (int64_t which = 0; which < 3; ++which)
-        for (int64_t lane = 0; lane < g.count; ++lane) {
-          const int64_t item = g.first + lane;
-          T* dst = grad_qkv + s.out_offset(which, item / s.heads, item % s.heads);
-          const T* src = grads + which * head_size;
-          for (int64_t ie = 0; ie < S * dh; ++ie) dst[ie] = src[ie * kLanes + lane];
-        }
-    }
-  });
-}
-
-template <typename T>
-void attention_forward(const T* qkv, T* out, T* lse, const AttentionShape& s) {
-  const int64_t S = s.tokens, dh = s.head_dim, F = s.features();
-  const T scale = T(1) / std::sqrt(static_cast<T>(dh));
-  if (use_lanes(s)) return attention_forward_lanes(qkv, out, lse, s, scale);
-  at::parallel_for(0, s.batch * s.heads, s.grain(), [&](int64_t begin, int64_t end) {
+  const bool t = s.head_transposed();
+  const int64_t ld = s.head_ld();
+  at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
     T* scores = scratch<T, 0>(S * S);
-    T* k_t = scratch<T, 1>(S * dh);
-    T* max_of_row = scratch<T, 2>(S);
-    T* sum_of_row = scratch<T, 3>(S);
-    T* v_rows = scratch<T, 5>(S * dh);
+    T* max_of_row = scratch<T, 1>(S);
+    T* sum_of_row = scratch<T, 2>(S);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / s.heads, head = item % s.heads;
-      head_scores(qkv + s.in_offset(0, n, head), qkv + s.in_offset(1, n, head), scores, k_t, scale, s);
-      exp_rows(scores, max_of_row, sum_of_row, S);
+      const auto [n, head, q, k, v] = HeadInputs<T>(qkv, s, item);
+      gemm<T>(t, !t, S, S, dh, scale, q, ld, k, ld, 0, scores, S);
+      // exp(scores - row max) in place: subtracting the max keeps exp from overflowing.
+      for (int64_t i = 0; i < S; ++i) {
+        T* row = scores + i * S;
+        const T max = row_max(row, S);
+        for (int64_t j = 0; j < S; ++j) row[j] = fast_exp(row[j] - max);
+        max_of_row[i] = max;
+        sum_of_row[i] = row_sum(row, S);
+      }
       T* o = out + n * S * F + head * dh;
-      head_values(scores, qkv + s.in_offset(2, n, head), o, F, v_rows, s);
+      gemm<T>(false, t, S, dh, S, 1, scores, S, v, ld, 0, o, F);
       T* lse_row = lse + item * S;
       for (int64_t i = 0; i < S; ++i) {
         const T inverse = T(1) / sum_of_row[i];
@@ -308,26 +236,24 @@ void attention_forward(const T* qkv, T* out, T* lse, const AttentionShape& s) {
   });
 }
 
+// P = exp(scale Q K^T - lse), D_i = dO_i . O_i, dV = P^T dO, dS = P * (dO V^T - D) * scale,
+// dQ = dS K, dK = dS^T Q.
 template <typename T>
-void attention_backward(const T* grad_out, const T* qkv, const T* out, const T* lse, T* grad_qkv,
-                        const AttentionShape& s) {
+void attention_backward_long(const T* grad_out, const T* qkv, const T* out, const T* lse,
+                             T* grad_qkv, const AttentionShape& s, T scale) {
   const int64_t S = s.tokens, dh = s.head_dim, F = s.features();
-  const T scale = T(1) / std::sqrt(static_cast<T>(dh));
-  if (use_lanes(s)) return attention_backward_lanes(grad_out, qkv, out, lse, grad_qkv, s, scale);
-  at::parallel_for(0, s.batch * s.heads, s.grain(), [&](int64_t begin, int64_t end) {
+  const bool t = s.head_transposed();
+  const int64_t ld = s.head_ld();
+  at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t begin, int64_t end) {
     T* probs = scratch<T, 0>(S * S);
-    T* k_t = scratch<T, 1>(S * dh);
-    T* grad_scores = scratch<T, 4>(S * S);
+    T* grad_scores = scratch<T, 1>(S * S);
     T* row_dot = scratch<T, 2>(S);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / s.heads, head = item % s.heads;
-      const T* q = qkv + s.in_offset(0, n, head);
-      const T* k = qkv + s.in_offset(1, n, head);
-      const T* v = qkv + s.in_offset(2, n, head);
+      const auto [n, head, q, k, v] = HeadInputs<T>(qkv, s, item);
       const T* d_out = grad_out + n * S * F + head * dh;
       const T* o = out + n * S * F + head * dh;
       const T* lse_row = lse + item * S;
-      head_scores(q, k, probs, k_t, scale, s);
+      gemm<T>(t, !t, S, S, dh, scale, q, ld, k, ld, 0, probs, S);
       for (int64_t i = 0; i < S; ++i) {
         T* row = probs + i * S;
         for (int64_t j = 0; j < S; ++j) row[j] = fast_exp(row[j] - lse_row[i]);
@@ -335,8 +261,6 @@ void attention_backward(const T* grad_out, const T* qkv, const T* out, const T* 
         for (int64_t e = 0; e < dh; ++e) dot += d_out[i * F + e] * o[i * F + e];
         row_dot[i] = dot;
       }
-      const bool t = s.head_transposed();
-      const int64_t ld = s.head_ld();
       gemm<T>(true, false, S, dh, S, 1, probs, S, d_out, F, 0, grad_qkv + s.out_offset(2, n, head), dh);
       gemm<T>(false, !t, S, S, dh, 1, d_out, F, v, ld, 0, grad_scores, S);
       for (int64_t i = 0; i < S; ++i) {
@@ -348,4 +272,27 @@ void attention_backward(const T* grad_out, const T* qkv, const T* out, const T* 
       gemm<T>(true, t, S, dh, S, 1, grad_scores, S, q, ld, 0, grad_qkv + s.out_offset(1, n, head), dh);
     }
   });
+}
+
+template <typename T>
+void attention_forward(const T* qkv, T* out, T* lse, const AttentionShape& s) {
+  const T scale = T(1) / std::sqrt(static_cast<T>(s.head_dim));
+  if (is_short(s)) {
+    return with_query_vectors(s.tokens, [&]<int64_t NV>() {
+      attention_forward_short<T, NV>(qkv, out, lse, s, scale);
+    });
+  }
+  attention_forward_long(qkv, out, lse, s, scale);
+}
+
+template <typename T>
+void attention_backward(const T* grad_out, const T* qkv, const T* out, const T* lse, T* grad_qkv,
+                        const AttentionShape& s) {
+  const T scale = T(1) / std::sqrt(static_cast<T>(s.head_dim));
+  if (is_short(s)) {
+    return with_query_vectors(s.tokens, [&]<int64_t NV>() {
+      attention_backward_short<T, NV>(grad_out, qkv, out, lse, grad_qkv, s, scale);
+    });
+  }
+  attention_backward_long(grad_out, qkv, out, lse, grad_qkv, s, scale);
 }

@@ -6,10 +6,10 @@
 // One work item is one (sample, head): its S x S scores live in a per-thread buffer (at most
 // S = 351 frames -> 481 KiB in fp32), the softmax is max-subtracted and computed in place,
 // and nothing S x S reaches memory outside that buffer. Items run in parallel over
-// batch x heads. Large products go to BLAS, the thousands of tiny spatial ones
-// (S = 17, d_head = 4) to plain loops (see gemm.h). The per-head code lives in
+// batch x heads. Long heads put their products on BLAS; the thousands of short spatial ones
+// (S = 17, d_head = 4) run as query-major vector loops. The per-head code lives in
 // attention_impl.h, built for the baseline CPU here and for AVX2 + FMA in
-// attention_kernel_avx2.cpp; fp32 takes the AVX2 build where the CPU has it.
+// kernels_avx2.cpp; fp32 takes the AVX2 build where the CPU has it.
 //
 // Backward (flash-attention style, recomputing P from the saved log-sum-exp):
 //   P = exp(scale * Q K^T - lse),  D_i = sum_e dO_ie O_ie
@@ -22,15 +22,19 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "cpu/attention.h"
+#include "cpu/avx2.h"
 #include "cpu/gemm.h"
 #include "cpu/scratch.h"
 
 namespace convformer_fast::cpu {
 namespace baseline {
 #include "cpu/fast_exp.h"
+#include "cpu/simd.h"
 #include "cpu/attention_impl.h"
 }  // namespace baseline
 

@@ -13,22 +13,29 @@
 // Included INSIDE a namespace by each CPU-capability build of the attention kernels (see
 // attention_impl.h), after <bit>, <cmath> and <cstdint>: no includes, no include guard.
 
-// Branch-free so that it vectorises: clamps become min/max, rounding uses the 1.5 * 2^23
-// trick (exact under round-to-nearest), the 2^n scale is built from exponent bits.
-inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // x - n ln2, in two parts
-  float p = 1.9875691500e-4f;
+// The float algorithm on a float or on a vector of floats (simd.h), given how to turn the
+// rounded n into the float 2^n. Branch-free so that it vectorises: clamps become min/max,
+// rounding uses the 1.5 * 2^23 trick (exact under round-to-nearest).
+template <typename F, typename PowerOfTwo>
+inline F fast_exp_float(F x, PowerOfTwo power_of_two) {
+  x = x < -87.0f ? F{} - 87.0f : x;
+  x = x > 88.0f ? F{} + 88.0f : x;
+  const F n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
+  const F r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // x - n ln2, in two parts
+  F p = F{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t exponent = static_cast<int32_t>(n == n ? n : 0.0f) + 127;  // NaN: p is NaN anyway
-  return p * std::bit_cast<float>(static_cast<uint32_t>(exponent) << 23);
+  return p * power_of_two(n == n ? n : F{});  // NaN: p is NaN anyway
+}
+
+inline float fast_exp(float x) {
+  return fast_exp_float(x, [](float n) {
+    return std::bit_cast<float>(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  });
 }
 
 inline double fast_exp(double x) { return std::exp(x); }

@@ -21,7 +21,8 @@ constexpr int kThreads = 256;
 
 at::Tensor qkv_projection_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
                                const at::Tensor& bias_in, int64_t num_heads,
-                               c10::string_view layout) {
+                               c10::string_view layout,
+                               const std::optional<at::Tensor>& /*winograd_weight: a CPU-only shortcut*/) {
   const auto g = qkv_geometry("qkv_projection", x_in, weight_in, &bias_in, num_heads,
                               std::string_view(layout.data(), layout.size()));
   const c10::cuda::CUDAGuard guard(x_in.device());

@@ -26,8 +26,8 @@ bool check(bool spatial, int64_t n, int64_t s, int64_t f, int64_t heads, int64_t
   auto op = c10::Dispatcher::singleton()
                 .findSchemaOrThrow("convformer_fast::qkv_projection", "")
                 .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                  c10::string_view)>();
-  auto out = op.call(x, w, b, heads, spatial ? "spatial" : "temporal");
+                                  c10::string_view, const std::optional<at::Tensor>&)>();
+  auto out = op.call(x, w, b, heads, spatial ? "spatial" : "temporal", std::nullopt);
   const bool ok = at::allclose(out, reference(x, w, b, heads, spatial), 1e-4, 1e-4);
   std::printf("%s N=%lld S=%lld F=%lld h=%lld k=%lld: %s\n", spatial ? "spatial " : "temporal",
               (long long)n, (long long)s, (long long)f, (long long)heads, (long long)k,
