@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import ops
+from . import _checks, ops
 from . import triton as triton_backend
 from ._extension import EXTENSION_ERROR, extension_loaded
 from .reference import DMHCSA, SPATIAL, TEMPORAL, ConvFormerBlock
@@ -90,8 +90,8 @@ class TorchBackend(Backend):
 
 class CpuBackend(Backend):
     name = "cpu"
-    description = ("C++ kernels of convformer_fast._C: folded conv-QKV written head-split, "
-                   "fused softmax attention")
+    description = ("C++ kernels of convformer_fast._C: folded conv-QKV (im2col GEMMs; Winograd for "
+                   "long windows), fused softmax attention, fused spatial LN + attention + residual")
     devices = ("cpu",)
     dtypes = (torch.float32, torch.float64)
 
@@ -106,6 +106,14 @@ class CpuBackend(Backend):
             winograd = module.derived_from_fold("winograd", weight, lambda w: ops.winograd_weight(w, tile))
         qkv = ops.qkv_projection(x, weight, bias, module.num_heads, module.layout, winograd)
         return ops.attention(qkv)
+
+    def attention_residual(self, block, x):
+        attn = block.attn
+        if attn.layout != SPATIAL or block.training or torch.is_grad_enabled():
+            return super().attention_residual(block, x)  # the fused op has no backward
+        _checks.check_tokens(x, attn.num_tokens, attn.num_features, type(attn).__name__)
+        weight, bias = attn.folded_qkv()
+        return ops.spatial_attention_residual(x, block.norm1, weight, bias, attn.num_heads)
 
 
 class TritonBackend(Backend):

@@ -30,11 +30,12 @@ def qkv_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, nu
     return torch.ops.convformer_fast.qkv_projection(x, weight, bias, num_heads, layout, winograd_weight)
 
 
-# Winograd F(m, k) pays off when its alpha = m + k - 1 point GEMMs are big enough to run at
-# BLAS speed: the contraction runs over the C = T channels (frames), so short windows stay on
-# the direct convolution. alpha is capped at 10 (csrc/cpu/winograd.h: numerical error).
+# Winograd F(m, k) pays off when its alpha = m + k - 1 point GEMMs contract over enough
+# channels (C = T frames) to run at BLAS speed and to outweigh the transforms: at T = 243 the
+# projection ran 1.8x faster than oneDNN's convolution, at T = 81 (batch 16) no faster, so
+# shorter windows stay on the direct convolution. alpha is capped at 10 (numerical error).
 WINOGRAD_MAX_POINTS = 10
-WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_CHANNELS = 128
 
 
 def winograd_tile(kernel_size: int, channels: int) -> int:
@@ -81,6 +82,19 @@ def attention(qkv: torch.Tensor) -> torch.Tensor:
     return torch.ops.convformer_fast.attention(qkv)[0]
 
 
+def spatial_attention_residual(x: torch.Tensor, norm: torch.nn.LayerNorm, weight: torch.Tensor,
+                               bias: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``x + DMHCSA(norm(x))`` for a spatial layer, fused (inference only: no autograd).
+
+    x (N, J, F); weight (3F, F, k) and bias (3F,) the folded projection. Each chunk of frames
+    is normalised, projected, attended and added back without leaving the core's cache.
+    """
+    if not extension_loaded():
+        raise RuntimeError(f"spatial_attention_residual: {EXTENSION_ERROR}")
+    return torch.ops.convformer_fast.spatial_attention_residual(x, norm.weight, norm.bias, norm.eps, weight,
+                                                                bias, num_heads)
+
+
 def _register() -> None:
     lib = "convformer_fast::"
 
@@ -118,6 +132,10 @@ def _register() -> None:
     def _attention_fake(qkv):
         _, n, h, s, d = qkv.shape
         return qkv.new_empty((n, s, h * d)), qkv.new_empty((n, h, s))
+
+    @torch.library.register_fake(lib + "spatial_attention_residual")
+    def _spatial_attention_residual_fake(x, norm_weight, norm_bias, eps, weight, bias, num_heads):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake(lib + "attention_backward")
     def _attention_backward_fake(grad_out, qkv, out, lse):

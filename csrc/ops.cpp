@@ -23,4 +23,9 @@ TORCH_LIBRARY(convformer_fast, m) {
   m.def("attention(Tensor qkv) -> (Tensor, Tensor)");
   // Gradient of attention w.r.t. qkv, recomputing the probabilities from lse.
   m.def("attention_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse) -> Tensor");
+  // The attention half of a spatial ConvFormer block (paper eq. 8), for inference:
+  // x (N, J, F) -> x + DMHCSA(LayerNorm(x)), with the folded weight (3F, F, k) and bias (3F).
+  m.def(
+      "spatial_attention_residual(Tensor x, Tensor norm_weight, Tensor norm_bias, float eps, "
+      "Tensor weight, Tensor bias, int num_heads) -> Tensor");
 }

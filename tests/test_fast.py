@@ -76,9 +76,9 @@ def test_train_step_matches_eager(fast_backend, config):
 @pytest.mark.skipif(not cf.extension_loaded(), reason=str(cf.EXTENSION_ERROR))
 def test_cpu_backend_computes_long_windows_with_winograd():
     torch.manual_seed(0)
-    layer = DMHCSAFast("temporal", 65, 12, (3, 7), 2, backend="cpu").eval()
+    layer = DMHCSAFast("temporal", 129, 12, (3, 7), 2, backend="cpu").eval()
     with torch.no_grad():
-        layer(torch.randn(2, 65, 12))
+        layer(torch.randn(2, 129, 12))
     weight = layer._fold_cache[1]
     torch.testing.assert_close(layer._fold_cache[3]["winograd"], cf.ops.winograd_weight(weight, 4))
 

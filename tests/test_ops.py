@@ -106,7 +106,8 @@ def test_bad_arguments_raise_value_error(bad, match):
         ops.qkv_projection(args["x"], args["weight"], args["bias"], args["heads"], args["layout"])
 
 
-# Temporal layers of >= 64 frames run Winograd F(m, k) on the CPU (csrc/cpu/winograd.h):
+# Given the transformed weight, the CPU runs a temporal projection through Winograd F(m, k)
+# (csrc/cpu/winograd.h; the cpu backend does so from WINOGRAD_MIN_CHANNELS frames):
 # (N, S = C channels, F = L length, heads, k, tile). Odd L leaves a partial last tile; L
 # shorter than the tile or the kernel; every tile the backend picks (k = 3, 5, 7, 9).
 WINOGRAD_SHAPES = [
@@ -173,6 +174,61 @@ def test_winograd_bad_arguments(call, match):
         call(weight, ops.winograd_weight(weight, 4))
 
 
+def reference_spatial_attention_residual(x, norm, weight, bias, heads):
+    """x + softmax(Q K^T / sqrt(d)) V of the folded projection of LayerNorm(x), composed."""
+    q, k, v = reference_qkv(norm(x), weight, bias, heads, "spatial").unbind(0)
+    out = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1) @ v
+    return x + out.transpose(1, 2).reshape(x.shape)
+
+
+# (N, J, F, heads, k): N = 50 spans several chunks of frames with a remainder.
+SPATIAL_BLOCK_SHAPES = [(50, 17, 32, 8, 7), (3, 15, 8, 2, 3), (1, 17, 16, 1, 1), (2, 5, 4, 4, 11)]
+
+
+def spatial_block_args(n, j, f, heads, k, dtype=torch.float32):
+    x, weight, bias, heads, _ = make_args("spatial", n, j, f, heads, k, dtype)
+    norm = torch.nn.LayerNorm(f).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.2), norm.bias.normal_(0.0, 0.2)
+    return x, norm, weight, bias, heads
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, (1e-4, 1e-5)), (torch.float64, (1e-10, 1e-12))], ids=str)
+@pytest.mark.parametrize("shape", SPATIAL_BLOCK_SHAPES, ids=str)
+def test_spatial_attention_residual_matches_composition(shape, dtype, tol):
+    args = spatial_block_args(*shape, dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(ops.spatial_attention_residual(*args),
+                                   reference_spatial_attention_residual(*args), rtol=tol[0], atol=tol[1])
+
+
+def test_spatial_attention_residual_opcheck_and_edges():
+    x, norm, weight, bias, heads = spatial_block_args(*SPATIAL_BLOCK_SHAPES[1])
+    op = torch.ops.convformer_fast.spatial_attention_residual.default
+    torch.library.opcheck(op, (x, norm.weight.detach(), norm.bias.detach(), norm.eps, weight, bias, heads))
+    with torch.no_grad():
+        assert ops.spatial_attention_residual(x[:0], norm, weight, bias, heads).shape == (0, 15, 8)
+        x = x.clone()
+        x[1, 3, 0] = float("nan")
+        out = ops.spatial_attention_residual(x, norm, weight, bias, heads)
+    assert out[1].isnan().any() and not out[0].isnan().any() and not out[2].isnan().any()
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(norm_weight=torch.ones(7)), r"norm_weight must be \(8,\)"),
+    (dict(norm_bias=torch.zeros(8, dtype=torch.float64)), "norm_bias dtype"),
+    (dict(eps=0.0), "eps must be > 0"),
+    (dict(weight=torch.randn(24, 8, 4)), "odd k"),
+    (dict(x=torch.randn(2, 15, 8).half()), "float32 and float64|weight dtype"),
+])
+def test_spatial_attention_residual_bad_arguments(bad, match):
+    x, norm, weight, bias, heads = spatial_block_args(*SPATIAL_BLOCK_SHAPES[1])
+    args = dict(x=x, norm_weight=norm.weight.detach(), norm_bias=norm.bias.detach(), eps=1e-5,
+                weight=weight, bias=bias, heads=heads) | bad
+    with pytest.raises(ValueError, match="spatial_attention_residual: .*" + match):
+        torch.ops.convformer_fast.spatial_attention_residual(*args.values())
+
+
 def small_fast_model():
     torch.manual_seed(0)
     return cf.ConvFormerFast(num_frames=5, num_joints=17, embed_dim=8, num_heads=4,
@@ -202,6 +258,20 @@ def test_torch_export_captures_the_op():
     targets = {str(node.target) for node in program.graph.nodes}
     assert "convformer_fast.qkv_projection.default" in targets
     torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_inference_graphs_capture_the_fused_spatial_block():
+    """Without autograd, spatial blocks run as one fused op; compile and export see it."""
+    model = small_fast_model().eval()
+    x = torch.randn(2, 5, 17, 2)
+    with torch.no_grad():
+        program = torch.export.export(model, (x,))
+        targets = [str(node.target) for node in program.graph.nodes]
+        assert targets.count("convformer_fast.spatial_attention_residual.default") == 2
+        expected = model(x)
+        torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-6)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH: CUDA build not expected")

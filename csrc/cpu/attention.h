@@ -30,5 +30,15 @@ struct AttentionShape {
   int64_t at(int64_t i, int64_t e) const { return i * stride_token + e * stride_dim; }
 };
 
+// softmax(Q K^T / sqrt(d)) V of every (sample, head) of qkv into out (N, S, h*d), with the
+// row log-sum-exp in lse (N, h, S); the CPU's best build (avx2.h). float and double.
+template <typename T>
+void run_attention_forward(const T* qkv, T* out, T* lse, const AttentionShape& s);
+
+// Its gradient w.r.t. qkv into grad_qkv, a contiguous (3, N, h, S, d).
+template <typename T>
+void run_attention_backward(const T* grad_out, const T* qkv, const T* out, const T* lse, T* grad_qkv,
+                            const AttentionShape& s);
+
 
 }  // namespace convformer_fast::cpu

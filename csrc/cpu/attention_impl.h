@@ -16,7 +16,7 @@
 
 // Short heads pad their query axis to P = NV * kVec lanes (simd.h), NV a compile-time
 // constant, so one row of P lanes is NV vector registers.
-constexpr int64_t kMaxShortTokens = 32;
+constexpr int64_t kMaxShortTokens = 128;
 
 bool is_short(const AttentionShape& s) { return s.tokens <= kMaxShortTokens; }
 

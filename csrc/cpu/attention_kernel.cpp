@@ -56,27 +56,6 @@ at::Tensor readable_qkv(const at::Tensor& qkv) {
   return (qkv.stride(4) == 1 || qkv.stride(3) == 1) ? qkv : qkv.contiguous();
 }
 
-template <typename T>
-void run_forward(const T* qkv, T* out, T* lse, const AttentionShape& s) {
-#if defined(CONVFORMER_FAST_HAVE_AVX2_KERNELS)
-  if constexpr (std::is_same_v<T, float>) {
-    if (cpu_supports_avx2_fma()) return attention_forward_avx2(qkv, out, lse, s);
-  }
-#endif
-  baseline::attention_forward(qkv, out, lse, s);
-}
-
-template <typename T>
-void run_backward(const T* grad_out, const T* qkv, const T* out, const T* lse, T* grad_qkv,
-                  const AttentionShape& s) {
-#if defined(CONVFORMER_FAST_HAVE_AVX2_KERNELS)
-  if constexpr (std::is_same_v<T, float>) {
-    if (cpu_supports_avx2_fma()) return attention_backward_avx2(grad_out, qkv, out, lse, grad_qkv, s);
-  }
-#endif
-  baseline::attention_backward(grad_out, qkv, out, lse, grad_qkv, s);
-}
-
 std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& qkv_in) {
   attention_shape("attention", qkv_in);  // validates before any copy
   const at::Tensor qkv = readable_qkv(qkv_in);
@@ -85,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor> attention_cpu(const at::Tensor& qkv_in) {
   at::Tensor lse = at::empty({s.batch, s.heads, s.tokens}, qkv.options());
   if (out.numel() == 0) return {out, lse};
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "attention_cpu", [&] {
-    run_forward(qkv.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+    run_attention_forward(qkv.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
                       lse.mutable_data_ptr<scalar_t>(), s);
   });
   return {out, lse};
@@ -110,7 +89,7 @@ at::Tensor attention_backward_cpu(const at::Tensor& grad_out_in, const at::Tenso
   at::Tensor grad_qkv = at::empty(qkv.sizes(), qkv.options());  // contiguous
   if (grad_qkv.numel() == 0) return grad_qkv;
   AT_DISPATCH_FLOATING_TYPES(dtype, "attention_backward_cpu", [&] {
-    run_backward(grad_out.const_data_ptr<scalar_t>(), qkv.const_data_ptr<scalar_t>(),
+    run_attention_backward(grad_out.const_data_ptr<scalar_t>(), qkv.const_data_ptr<scalar_t>(),
                  out.const_data_ptr<scalar_t>(), lse.const_data_ptr<scalar_t>(),
                  grad_qkv.mutable_data_ptr<scalar_t>(), s);
   });
@@ -118,6 +97,30 @@ at::Tensor attention_backward_cpu(const at::Tensor& grad_out_in, const at::Tenso
 }
 
 }  // namespace
+
+template <typename T>
+void run_attention_forward(const T* qkv, T* out, T* lse, const AttentionShape& s) {
+#if defined(CONVFORMER_FAST_HAVE_AVX2_KERNELS)
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_supports_avx2_fma()) return attention_forward_avx2(qkv, out, lse, s);
+  }
+#endif
+  baseline::attention_forward(qkv, out, lse, s);
+}
+
+template <typename T>
+void run_attention_backward(const T* grad_out, const T* qkv, const T* out, const T* lse, T* grad_qkv,
+                            const AttentionShape& s) {
+#if defined(CONVFORMER_FAST_HAVE_AVX2_KERNELS)
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_supports_avx2_fma()) return attention_backward_avx2(grad_out, qkv, out, lse, grad_qkv, s);
+  }
+#endif
+  baseline::attention_backward(grad_out, qkv, out, lse, grad_qkv, s);
+}
+
+template void run_attention_forward<float>(const float*, float*, float*, const AttentionShape&);
+template void run_attention_forward<double>(const double*, double*, double*, const AttentionShape&);
 
 TORCH_LIBRARY_IMPL(convformer_fast, CPU, m) {
   m.impl("attention", &attention_cpu);

@@ -8,7 +8,9 @@
 
 namespace convformer_fast::cpu {
 
-// Slot tells apart buffers that must be live at the same time in one thread.
+// Slot tells apart buffers that must be live at the same time in one thread. Kernels use
+// slots 0-9; a kernel that calls another one inside its own work items (the fused spatial
+// block runs attention per chunk) keeps its buffers in slots 10 and up.
 template <typename T, int Slot>
 T* scratch(int64_t size) {
   thread_local std::vector<T> buffer;

@@ -20,35 +20,17 @@
 namespace convformer_fast::cpu {
 namespace {
 
-// Rows of im2col per chunk: the chunk's A (rows x k*d) and C (rows x 3d) stay in L2.
-constexpr int64_t kChunkRows = 384;
-
 template <typename T>
 void spatial_projection_kernel(const T* x, const T* weight_t, const T* bias, T* y, const QkvGeometry& g) {
-  const int64_t J = g.tokens, F = g.features, k = g.kernel_size, pad = g.pad();
-  const int64_t K = k * F, out = 3 * F;
-  const int64_t frames_per_chunk = std::max<int64_t>(1, kChunkRows / J);
+  const int64_t J = g.tokens, out = 3 * g.features;
+  const int64_t frames_per_chunk = frames_per_projection_chunk(g);
   const int64_t chunks = (g.batch + frames_per_chunk - 1) / frames_per_chunk;
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    T* a = scratch<T, 0>(frames_per_chunk * J * K);
+    T* a = scratch<T, 0>(frames_per_chunk * J * g.kernel_size * g.features);
     T* c = scratch<T, 1>(frames_per_chunk * J * out);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t n0 = chunk * frames_per_chunk;
-      const int64_t frames = std::min(frames_per_chunk, g.batch - n0), rows = frames * J;
-      for (int64_t f = 0; f < frames; ++f)
-        for (int64_t j = 0; j < J; ++j) {
-          T* row = a + (f * J + j) * K;
-          for (int64_t tap = 0; tap < k; ++tap) {
-            const int64_t src = j + tap - pad;
-            if (src >= 0 && src < J) {
-              std::memcpy(row + tap * F, x + ((n0 + f) * J + src) * F, F * sizeof(T));
-            } else {
-              std::fill_n(row + tap * F, F, T(0));
-            }
-          }
-        }
-      for (int64_t r = 0; r < rows; ++r) std::copy_n(bias, out, c + r * out);
-      gemm<T>(false, false, rows, out, K, T(1), a, K, weight_t, out, T(1), c, out);
+      const int64_t n0 = chunk * frames_per_chunk, frames = std::min(frames_per_chunk, g.batch - n0);
+      project_frames(x + n0 * J * g.features, frames, weight_t, bias, c, a, g);
       for (int64_t f = 0; f < frames; ++f) {
         T* yf = y + (n0 + f) * out * J;
         const T* cf = c + f * J * out;
@@ -61,11 +43,13 @@ void spatial_projection_kernel(const T* x, const T* weight_t, const T* bias, T* 
 
 }  // namespace
 
+at::Tensor projection_gemm_weight(const at::Tensor& weight, const QkvGeometry& g) {
+  return weight.permute({2, 1, 0}).reshape({g.kernel_size * g.features, 3 * g.features}).contiguous();
+}
+
 at::Tensor spatial_projection(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias,
                               const QkvGeometry& g) {
-  const at::Tensor x = x_in.contiguous(), b = bias.contiguous();
-  // weight_t[tap * F + c][co] = weight[co][c][tap]: the GEMM's right operand.
-  const at::Tensor weight_t = weight.permute({2, 1, 0}).reshape({g.kernel_size * g.features, 3 * g.features}).contiguous();
+  const at::Tensor x = x_in.contiguous(), b = bias.contiguous(), weight_t = projection_gemm_weight(weight, g);
   at::Tensor y = at::empty({g.batch, g.out_channels(), g.length()}, x.options());
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spatial_projection", [&] {

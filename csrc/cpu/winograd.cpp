@@ -70,8 +70,8 @@ std::vector<double> inverse(std::vector<double> a, int64_t n) {
 }
 
 // Samples per chunk: the chunk's alpha x 3C x tiles GEMM outputs stay within this many
-// elements (16 MB in fp32: read back from the last-level cache by the output transform).
-constexpr int64_t kChunkElements = 4 << 20;
+// elements (4 MB in fp32, read back from cache by the output transform).
+constexpr int64_t kChunkElements = 1 << 20;
 
 template <typename T>
 void run_input_transform(const T* x, T* x_t, const WinogradPlan& plan, const QkvGeometry& g, int64_t tiles) {

@@ -13,6 +13,8 @@ void input_transform(const T* x, T* x_t, const WinogradPlan& plan, const QkvGeom
   // is phase[i % m][t + i / m]: contiguous in t, hence whole vectors of tiles at a time.
   const int64_t phase_len = (tiles + kVec - 1) / kVec * kVec + (alpha - 1) / m + 1;
   const std::vector<T> bt(plan.input_transform.begin(), plan.input_transform.end());
+  std::vector<int64_t> offset(alpha);  // where input i of tile 0 sits in `phases`
+  for (int64_t i = 0; i < alpha; ++i) offset[i] = (i % m) * phase_len + i / m;
   at::parallel_for(0, g.batch * C, 8, [&](int64_t begin, int64_t end) {
     T* phases = scratch<T, 0>(m * phase_len);
     T* tail = scratch<T, 1>(kVec);
@@ -26,7 +28,7 @@ void input_transform(const T* x, T* x_t, const WinogradPlan& plan, const QkvGeom
         for (int64_t a = 0; a < alpha; ++a) {
           Vec<T> acc{};
           for (int64_t i = 0; i < alpha; ++i)
-            acc += bt[a * alpha + i] * load(phases + (i % m) * phase_len + i / m + t0);
+            acc += bt[a * alpha + i] * load(phases + offset[i] + t0);
           T* out = x_t + (a * C + c) * columns + n * tiles + t0;
           if (t0 + kVec <= tiles) {
             store(out, acc);
@@ -50,20 +52,27 @@ void output_transform(const T* products, const T* bias, T* y, const WinogradPlan
   const int64_t cols = samples * tiles;
   const std::vector<T> a_t(plan.output_transform.begin(), plan.output_transform.end());
   at::parallel_for(0, samples * O, 16, [&](int64_t begin, int64_t end) {
-    T* interleaved = scratch<T, 1>((tiles + kVec) * m);  // y's row, t m + j ordered
-    T* lanes = scratch<T, 2>(m * kVec);
+    const int64_t padded_tiles = (tiles + kVec - 1) / kVec * kVec;
+    T* outputs = scratch<T, 1>(m * padded_tiles);  // outputs[j][t]
+    T* interleaved = scratch<T, 2>(padded_tiles * m);  // y's row, t m + j ordered
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t s = row / O, o = row % O;
+      // Channel-major: consecutive rows continue each plane's stream in memory.
+      const int64_t o = row / samples, s = row % samples;
       const T* src = products + o * cols + s * tiles;
-      for (int64_t t0 = 0; t0 < tiles; t0 += kVec) {
-        for (int64_t j = 0; j < m; ++j) {
-          Vec<T> acc = broadcast(bias[o]);
-          for (int64_t a = 0; a < alpha; ++a) acc += a_t[j * alpha + a] * load(src + a * O * cols + t0);
-          store(lanes + j * kVec, acc);
+      for (int64_t i = 0; i < m * padded_tiles; i += kVec) store(outputs + i, broadcast(bias[o]));
+      // Plane by plane, so that each plane's row streams in once (the planes are far apart).
+      for (int64_t a = 0; a < alpha; ++a) {
+        const T* plane = src + a * O * cols;
+        for (int64_t t0 = 0; t0 < tiles; t0 += kVec) {
+          const Vec<T> v = load(plane + t0);
+          for (int64_t j = 0; j < m; ++j) {
+            T* acc = outputs + j * padded_tiles + t0;
+            store(acc, load(acc) + a_t[j * alpha + a] * v);
+          }
         }
-        for (int64_t t = 0; t < kVec; ++t)
-          for (int64_t j = 0; j < m; ++j) interleaved[(t0 + t) * m + j] = lanes[j * kVec + t];
       }
+      for (int64_t t = 0; t < tiles; ++t)
+        for (int64_t j = 0; j < m; ++j) interleaved[t * m + j] = outputs[j * padded_tiles + t];
       std::copy_n(interleaved, L, y + ((n0 + s) * O + o) * L);
     }
   });
