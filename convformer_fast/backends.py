@@ -26,6 +26,10 @@ AUTO = "auto"
 AUTO_ENV_VAR = "CONVFORMER_FAST_BACKEND"
 
 
+def _needs_autograd(block: ConvFormerBlock) -> bool:
+    return block.training or torch.is_grad_enabled()
+
+
 def merge_heads(out: torch.Tensor) -> torch.Tensor:
     """(N, h, S, dh) -> (N, S, h*dh)."""
     n, h, s, dh = out.shape
@@ -91,7 +95,8 @@ class TorchBackend(Backend):
 class CpuBackend(Backend):
     name = "cpu"
     description = ("C++ kernels of convformer_fast._C: folded conv-QKV (im2col GEMMs; Winograd for "
-                   "long windows), fused softmax attention, fused spatial LN + attention + residual")
+                   "long windows), fused softmax attention; in inference each block half (LN + op + "
+                   "residual) fused")
     devices = ("cpu",)
     dtypes = (torch.float32, torch.float64)
 
@@ -107,13 +112,19 @@ class CpuBackend(Backend):
         qkv = ops.qkv_projection(x, weight, bias, module.num_heads, module.layout, winograd)
         return ops.attention(qkv)
 
+    # The fused halves have no backward: they serve inference (eval, autograd off).
     def attention_residual(self, block, x):
         attn = block.attn
-        if attn.layout != SPATIAL or block.training or torch.is_grad_enabled():
-            return super().attention_residual(block, x)  # the fused op has no backward
+        if attn.layout != SPATIAL or _needs_autograd(block):
+            return super().attention_residual(block, x)
         _checks.check_tokens(x, attn.num_tokens, attn.num_features, type(attn).__name__)
         weight, bias = attn.folded_qkv()
         return ops.spatial_attention_residual(x, block.norm1, weight, bias, attn.num_heads)
+
+    def feed_forward_residual(self, block, x):
+        if _needs_autograd(block):
+            return super().feed_forward_residual(block, x)
+        return ops.feed_forward_residual(x, block.norm2, block.mlp[0], block.mlp[2])
 
 
 class TritonBackend(Backend):

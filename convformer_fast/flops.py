@@ -104,6 +104,23 @@ def _winograd_weight(call: OpCall) -> int:
     return (tile + k - 1) * out_channels * in_channels * k
 
 
+@flop_formula(f"{NAMESPACE}::spatial_attention_residual")
+def _spatial_attention_residual(call: OpCall) -> int:
+    """The folded projection and the attention of a spatial layer (LayerNorm and the
+    residual add are not multiply-adds)."""
+    x, _norm_weight, _norm_bias, _eps, weight, _bias, heads = call.args[:7]
+    n, s, f = x
+    return _qkv_projection_macs(x, weight, "spatial") + _attention_macs(n * heads, s, s, f // heads, f // heads)
+
+
+@flop_formula(f"{NAMESPACE}::feed_forward_residual")
+def _feed_forward_residual(call: OpCall) -> int:
+    """The two linear layers of the FFN: rows * (D * H + H * D)."""
+    x, w1 = call.args[0], call.args[4]
+    hidden, dim = w1
+    return 2 * math.prod(x[:-1]) * dim * hidden
+
+
 def _attention_macs(batch_heads: int, s_q: int, s_k: int, d_qk: int, d_v: int) -> int:
     """Q K^T and P V: batch_heads * s_q * s_k * (d_qk + d_v)."""
     return batch_heads * s_q * s_k * (d_qk + d_v)

@@ -95,6 +95,18 @@ def spatial_attention_residual(x: torch.Tensor, norm: torch.nn.LayerNorm, weight
                                                                 bias, num_heads)
 
 
+def feed_forward_residual(x: torch.Tensor, norm: torch.nn.LayerNorm, fc1: torch.nn.Linear,
+                          fc2: torch.nn.Linear) -> torch.Tensor:
+    """``x + fc2(GELU(fc1(norm(x))))``, fused (inference only: no autograd).
+
+    Rows go in cache-sized chunks, so the hidden activations (twice as wide as x) never
+    make a round trip to memory."""
+    if not extension_loaded():
+        raise RuntimeError(f"feed_forward_residual: {EXTENSION_ERROR}")
+    return torch.ops.convformer_fast.feed_forward_residual(x, norm.weight, norm.bias, norm.eps, fc1.weight,
+                                                           fc1.bias, fc2.weight, fc2.bias)
+
+
 def _register() -> None:
     lib = "convformer_fast::"
 
@@ -135,6 +147,10 @@ def _register() -> None:
 
     @torch.library.register_fake(lib + "spatial_attention_residual")
     def _spatial_attention_residual_fake(x, norm_weight, norm_bias, eps, weight, bias, num_heads):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake(lib + "feed_forward_residual")
+    def _feed_forward_residual_fake(x, norm_weight, norm_bias, eps, w1, b1, w2, b2):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake(lib + "attention_backward")

@@ -28,4 +28,9 @@ TORCH_LIBRARY(convformer_fast, m) {
   m.def(
       "spatial_attention_residual(Tensor x, Tensor norm_weight, Tensor norm_bias, float eps, "
       "Tensor weight, Tensor bias, int num_heads) -> Tensor");
+  // The feed-forward half of a ConvFormer block (paper eq. 8), for inference:
+  // x (..., D) -> x + W2 GELU(W1 LayerNorm(x) + b1) + b2 (nn.Linear weights: w1 (H, D), w2 (D, H)).
+  m.def(
+      "feed_forward_residual(Tensor x, Tensor norm_weight, Tensor norm_bias, float eps, Tensor w1, "
+      "Tensor b1, Tensor w2, Tensor b2) -> Tensor");
 }

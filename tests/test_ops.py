@@ -229,6 +229,61 @@ def test_spatial_attention_residual_bad_arguments(bad, match):
         torch.ops.convformer_fast.spatial_attention_residual(*args.values())
 
 
+# (shape of x, hidden): 20 x 17 x 8 rows run in chunks, the others as one whole tensor.
+FEED_FORWARD_SHAPES = [((20, 17, 8), 16), ((1, 9, 34), 68), ((3, 5), 7), ((300, 17, 32), 64)]
+
+
+def feed_forward_args(shape, hidden, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(hidden)
+    dim = shape[-1]
+    x = torch.randn(shape, generator=gen, dtype=dtype)
+    norm = torch.nn.LayerNorm(dim).to(dtype)
+    fc1, fc2 = torch.nn.Linear(dim, hidden).to(dtype), torch.nn.Linear(hidden, dim).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.2, generator=gen), norm.bias.normal_(0.0, 0.2, generator=gen)
+    return x, norm, fc1, fc2
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, (1e-4, 1e-5)), (torch.float64, (1e-10, 1e-12))], ids=str)
+@pytest.mark.parametrize("shape,hidden", FEED_FORWARD_SHAPES, ids=str)
+def test_feed_forward_residual_matches_modules(shape, hidden, dtype, tol):
+    x, norm, fc1, fc2 = feed_forward_args(shape, hidden, dtype)
+    with torch.no_grad():
+        expected = x + fc2(F.gelu(fc1(norm(x))))
+        torch.testing.assert_close(ops.feed_forward_residual(x, norm, fc1, fc2), expected,
+                                   rtol=tol[0], atol=tol[1])
+
+
+def test_feed_forward_residual_opcheck_and_edges():
+    x, norm, fc1, fc2 = feed_forward_args(*FEED_FORWARD_SHAPES[0])
+    params = [t.detach() for t in (norm.weight, norm.bias)] + [norm.eps] + [
+        t.detach() for t in (fc1.weight, fc1.bias, fc2.weight, fc2.bias)]
+    op = torch.ops.convformer_fast.feed_forward_residual.default
+    torch.library.opcheck(op, (x, *params))
+    torch.library.opcheck(op, (x.transpose(0, 1), *params))  # strided input
+    with torch.no_grad():
+        assert ops.feed_forward_residual(x[:0], norm, fc1, fc2).shape == (0, 17, 8)
+        x = x.clone()
+        x[7, 2, 3] = float("inf")
+        out = ops.feed_forward_residual(x, norm, fc1, fc2)
+    assert out[7, 2].isnan().all() and not out[7, 3].isnan().any() and out[:7].isfinite().all()
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(norm_weight=torch.ones(7)), r"norm_weight must be \[8\]"),
+    (dict(w1=torch.randn(16, 9)), r"w1 must be \[16, 8\]"),
+    (dict(b2=torch.zeros(8, dtype=torch.float64)), "b2 dtype"),
+    (dict(eps=-1.0), "eps must be > 0"),
+    (dict(x=torch.randn(2, 8).half()), "float32 and float64"),
+])
+def test_feed_forward_residual_bad_arguments(bad, match):
+    x, norm, fc1, fc2 = feed_forward_args(*FEED_FORWARD_SHAPES[0])
+    args = dict(x=x, norm_weight=norm.weight, norm_bias=norm.bias, eps=norm.eps, w1=fc1.weight,
+                b1=fc1.bias, w2=fc2.weight, b2=fc2.bias) | bad
+    with torch.no_grad(), pytest.raises(ValueError, match="feed_forward_residual: .*" + match):
+        torch.ops.convformer_fast.feed_forward_residual(*args.values())
+
+
 def small_fast_model():
     torch.manual_seed(0)
     return cf.ConvFormerFast(num_frames=5, num_joints=17, embed_dim=8, num_heads=4,
@@ -260,14 +315,15 @@ def test_torch_export_captures_the_op():
     torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-6)
 
 
-def test_inference_graphs_capture_the_fused_spatial_block():
-    """Without autograd, spatial blocks run as one fused op; compile and export see it."""
+def test_inference_graphs_capture_the_fused_block_halves():
+    """Without autograd, block halves run as fused ops; compile and export see them."""
     model = small_fast_model().eval()
     x = torch.randn(2, 5, 17, 2)
     with torch.no_grad():
         program = torch.export.export(model, (x,))
         targets = [str(node.target) for node in program.graph.nodes]
         assert targets.count("convformer_fast.spatial_attention_residual.default") == 2
+        assert targets.count("convformer_fast.feed_forward_residual.default") == 4
         expected = model(x)
         torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-6)
         compiled = torch.compile(model, fullgraph=True, backend="aot_eager")

@@ -25,6 +25,7 @@ void winograd_input_transform_avx2(const float* x, float* x_t, const WinogradPla
 void winograd_output_transform_avx2(const float* products, const float* bias, float* y,
                                     const WinogradPlan& plan, const QkvGeometry& g, int64_t tiles,
                                     int64_t n0, int64_t samples);
+void gelu_inplace_avx2(float* data, int64_t n);
 #endif
 
 }  // namespace convformer_fast::cpu

@@ -1,4 +1,4 @@
-// The per-capability kernels (attention_impl.h, winograd_impl.h) compiled for AVX2 + FMA:
+// The per-capability kernels (attention_impl.h, winograd_impl.h, gelu_impl.h) compiled for AVX2 + FMA:
 // 8-float vectors (simd.h) and fused multiply-adds. Only the functions defined after the
 // target pragma get AVX2, and they live in their own namespace, so nothing compiled here
 // can stand in for baseline code on a CPU without AVX2. Entry points: avx2.h.
@@ -30,6 +30,7 @@ namespace avx2 {
 #include "cpu/simd.h"
 #include "cpu/attention_impl.h"
 #include "cpu/winograd_impl.h"
+#include "cpu/gelu_impl.h"
 #undef CONVFORMER_FAST_VEC_BYTES
 }  // namespace avx2
 
@@ -52,6 +53,8 @@ void winograd_output_transform_avx2(const float* products, const float* bias, fl
                                     int64_t n0, int64_t samples) {
   avx2::output_transform(products, bias, y, plan, g, tiles, n0, samples);
 }
+
+void gelu_inplace_avx2(float* data, int64_t n) { avx2::gelu_inplace(data, n); }
 
 }  // namespace convformer_fast::cpu
 

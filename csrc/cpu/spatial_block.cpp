@@ -16,28 +16,13 @@
 #include <cmath>
 
 #include "cpu/attention.h"
+#include "cpu/layer_norm.h"
 #include "cpu/scratch.h"
 #include "cpu/spatial_projection.h"
 #include "qkv_projection.h"
 
 namespace convformer_fast::cpu {
 namespace {
-
-// dst[r][:] = (src[r][:] - mean_r) / sqrt(var_r + eps) * gamma + beta, biased variance in
-// two passes, as torch.nn.LayerNorm computes it.
-template <typename T>
-void layer_norm_rows(const T* src, T* dst, int64_t rows, int64_t dim, const T* gamma, const T* beta, T eps) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* x = src + r * dim;
-    T* y = dst + r * dim;
-    T mean = 0, var = 0;
-    for (int64_t i = 0; i < dim; ++i) mean += x[i];
-    mean /= T(dim);
-    for (int64_t i = 0; i < dim; ++i) var += (x[i] - mean) * (x[i] - mean);
-    const T inv_std = T(1) / std::sqrt(var / T(dim) + eps);
-    for (int64_t i = 0; i < dim; ++i) y[i] = (x[i] - mean) * inv_std * gamma[i] + beta[i];
-  }
-}
 
 template <typename T>
 void spatial_block_kernel(const T* x, const T* gamma, const T* beta, T eps, const T* weight_t,
