@@ -1,30 +1,90 @@
 """Loads the compiled extension convformer_fast._C, or records why it could not be loaded.
 
-The package always imports; backends that need the extension report it unavailable.
+The package always imports; backends that need the extension report it unavailable, and
+``"auto"`` falls back to the ``torch`` backend with one warning carrying the reason. A
+``_C`` that is present but unusable is told apart from one that was never built, because
+the remedy differs in what the user must know:
+
+* built against another torch (C++ symbols it links to are gone): rebuild;
+* built from older sources (an op this Python code calls is not registered): rebuild;
+* damaged, or built for another platform or Python: rebuild.
+
+A shared library cut short (an interrupted build or copy) is checked before it is loaded:
+the dynamic loader maps pages past the end of such a file and the process dies of SIGBUS,
+which no ``except`` can catch.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import struct
+
+import torch
 
 REBUILD_COMMAND = "pip install --no-build-isolation -e ."
+DISABLE_ENV_VAR = "CONVFORMER_FAST_DISABLE_EXTENSION"
+# The ops that ops.py registers fake kernels and autograd for: all must come from _C.
+REQUIRED_OPS = ("qkv_projection", "qkv_projection_backward", "attention", "attention_backward")
+
+
+def _elf_truncation(path: str) -> str | None:
+    """How an ELF shared library is cut short (its tables or a loadable segment run past the
+    end of the file), or None if it is whole or not ELF (other formats fail cleanly)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            header = handle.read(64)
+            if header[:4] != b"\x7fELF":
+                return None
+            wide, order = header[4] == 2, "<" if header[5] == 1 else ">"
+            if len(header) < (64 if wide else 52):
+                return f"{size} bytes, shorter than an ELF header"
+            # e_phoff, e_shoff, (e_flags, e_ehsize), e_phentsize, e_phnum, e_shentsize, e_shnum
+            ph_offset, sh_offset, ph_size, ph_count, sh_size, sh_count = struct.unpack_from(
+                order + ("QQ6xHHHH" if wide else "II6xHHHH"), header, 32 if wide else 28)
+            if ph_offset + ph_size * ph_count > size or sh_offset + sh_size * sh_count > size:
+                return f"{size} bytes, its ELF tables end past the end of the file"
+            handle.seek(ph_offset)
+            table = handle.read(ph_size * ph_count)
+        for i in range(ph_count):  # p_type, p_offset, p_filesz of each program header
+            kind, offset, file_size = struct.unpack_from(order + ("I4xQ16xQ" if wide else "II8xI"),
+                                                         table, i * ph_size)
+            if kind == 1 and offset + file_size > size:  # PT_LOAD
+                return f"{size} bytes, a loadable segment ends at byte {offset + file_size}"
+    except (OSError, struct.error) as error:
+        return f"unreadable ELF header ({error})"
+    return None
 
 
 def _load() -> str | None:
-    if os.environ.get("CONVFORMER_FAST_DISABLE_EXTENSION") == "1":
-        return "convformer_fast._C disabled by CONVFORMER_FAST_DISABLE_EXTENSION=1"
+    if os.environ.get(DISABLE_ENV_VAR) == "1":
+        return f"convformer_fast._C disabled by {DISABLE_ENV_VAR}=1"
+    module = f"{__package__}._C"
+    spec = importlib.util.find_spec(module)
+    if spec is not None and spec.origin and spec.origin.endswith((".so", ".pyd")):
+        truncation = _elf_truncation(spec.origin)
+        if truncation:
+            return (f"convformer_fast._C is damaged ({spec.origin}: {truncation}); rebuild it with "
+                    f"`{REBUILD_COMMAND}`")
     try:
-        from . import _C  # noqa: F401  (importing runs the TORCH_LIBRARY registrations)
-    except ImportError as error:
-        text = str(error)
-        if "undefined symbol" in text or "version" in text.lower():
-            return (
-                f"convformer_fast._C does not match the installed torch ({text}); it was built "
-                f"against another torch version: rebuild it with `{REBUILD_COMMAND}`"
-            )
-        return f"convformer_fast._C is not built ({text}); build it with `{REBUILD_COMMAND}`"
+        importlib.import_module(module)  # importing runs the TORCH_LIBRARY registrations
+    except ModuleNotFoundError as error:
+        if error.name != module:  # _C was found, but something it imports was not
+            return f"convformer_fast._C failed to load ({error}); rebuild it with `{REBUILD_COMMAND}`"
+        return f"convformer_fast._C is not built; build it with `{REBUILD_COMMAND}`"
+    except ImportError as error:  # found, but the dynamic loader refused it
+        if "undefined symbol" in str(error):
+            return (f"convformer_fast._C was built against another torch than the imported "
+                    f"torch {torch.__version__} ({error}); rebuild it with `{REBUILD_COMMAND}`")
+        return f"convformer_fast._C failed to load ({error}); rebuild it with `{REBUILD_COMMAND}`"
     except OSError as error:
         return f"convformer_fast._C failed to load ({error}); rebuild it with `{REBUILD_COMMAND}`"
+    missing = [op for op in REQUIRED_OPS if not hasattr(torch.ops.convformer_fast, op)]
+    if missing:
+        return (f"convformer_fast._C is older than this package's Python code (ops {missing} are "
+                f"not registered); rebuild it with `{REBUILD_COMMAND}`")
     return None
 
 

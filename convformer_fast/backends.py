@@ -5,6 +5,11 @@ environment at all), ``not_supported_reasons(x)`` (can it serve this input) and
 ``attention(module, x)``. ``"auto"`` walks a per-device priority list; an explicitly named
 backend that cannot serve raises with its reasons instead of silently falling back.
 The environment variable ``CONVFORMER_FAST_BACKEND`` overrides what ``"auto"`` picks.
+
+Each backend also declares ``deterministic_devices``: where repeated calls give
+bitwise-identical outputs and gradients. Under ``torch.use_deterministic_algorithms(True)``
+``"auto"`` passes over a backend that is not deterministic on the input's device, and an
+explicitly named one raises (warns under ``warn_only=True``), as torch's own ops do.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ class Backend:
     description: str = ""
     devices: tuple[str, ...] = ("cpu", "cuda")
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    # Devices on which the same input and weights always give bitwise-identical outputs
+    # and gradients (what torch.use_deterministic_algorithms(True) asks for). Nothing is
+    # assumed: a backend lists the devices it has checked.
+    deterministic_devices: tuple[str, ...] = ()
 
     def unavailable_reason(self) -> str | None:
         """Why this backend cannot run in this environment, or None if it can."""
@@ -55,6 +64,14 @@ class Backend:
         if x.dtype not in self.dtypes:
             reasons.append(f"dtype {x.dtype} not in {[str(d) for d in self.dtypes]}")
         return reasons
+
+    def nondeterminism(self, x: torch.Tensor) -> str | None:
+        """Why running on ``x`` now would break deterministic-algorithms mode, or None."""
+        if not torch.are_deterministic_algorithms_enabled() or x.device.type in self.deterministic_devices:
+            return None
+        return (f"backend {self.name!r} is not deterministic on {x.device.type!r} (only on "
+                f"{list(self.deterministic_devices)}), but torch.use_deterministic_algorithms(True) "
+                "is set; use backend='auto' (it picks a deterministic backend) or 'torch'")
 
     def attention(self, module: DMHCSA, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(f"backend {self.name!r} has no attention implementation")
@@ -75,6 +92,7 @@ class Backend:
 class EagerBackend(Backend):
     name = "eager"
     description = "the reference math: one Conv1d per kernel size, explicit softmax"
+    deterministic_devices = ("cpu", "cuda")  # ATen ops: they honour the mode themselves
 
     def attention(self, module, x):
         return DMHCSA.forward(module, x)
@@ -83,6 +101,7 @@ class EagerBackend(Backend):
 class TorchBackend(Backend):
     name = "torch"
     description = "exact fold in plain PyTorch: one Conv1d for Q, K and V, then SDPA"
+    deterministic_devices = ("cpu", "cuda")  # ATen ops: they honour the mode themselves
 
     def attention(self, module, x):
         weight, bias = module.folded_qkv()
@@ -99,6 +118,9 @@ class CpuBackend(Backend):
                    "residual) fused")
     devices = ("cpu",)
     dtypes = (torch.float32, torch.float64)
+    # No atomics: each output element has one owning thread and sums run in a fixed order
+    # for a given thread count; the projection's backward is ATen's convolution backward.
+    deterministic_devices = ("cpu",)
 
     def unavailable_reason(self):
         return EXTENSION_ERROR
@@ -136,6 +158,12 @@ class TritonBackend(Backend):
     name = "triton"
     description = ("fused Triton kernels: folded conv-QKV projection + flash attention, forward "
                    "and backward (GPU; CPU through TRITON_INTERPRET=1)")
+    # No kernel uses atomics (each output tile has one owner; the weight gradient's partial
+    # sums are added by one torch.sum), so a fixed tile shape is bitwise repeatable. On a
+    # GPU, though, the autotuner picks the tile shapes by timing when a shape is first seen,
+    # and tile shapes set the summation order: two processes can differ in the last bits.
+    # The interpreter runs one fixed configuration.
+    deterministic_devices = ("cpu",)
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -189,6 +217,7 @@ class BackendInfo:
     reason: str  # why it is unavailable; empty when available
     devices: tuple[str, ...]
     description: str
+    deterministic_devices: tuple[str, ...]  # those of `devices` where it is deterministic
 
 
 def available_backends() -> dict[str, BackendInfo]:
@@ -196,7 +225,9 @@ def available_backends() -> dict[str, BackendInfo]:
     infos = {}
     for name, backend in BACKENDS.items():
         reason = backend.unavailable_reason()
-        infos[name] = BackendInfo(name, reason is None, reason or "", backend.devices, backend.description)
+        deterministic = tuple(d for d in backend.devices if d in backend.deterministic_devices)
+        infos[name] = BackendInfo(name, reason is None, reason or "", backend.devices, backend.description,
+                                  deterministic)
     return infos
 
 
@@ -223,10 +254,15 @@ def select_backend(name: str, x: torch.Tensor) -> Backend:
         reasons = backend.not_supported_reasons(x)
         if reasons:
             raise ValueError(f"backend {name!r} cannot run this input: " + "; ".join(reasons))
+        nondeterminism = backend.nondeterminism(x)
+        if nondeterminism:
+            if not torch.is_deterministic_algorithms_warn_only_enabled():
+                raise RuntimeError(nondeterminism)
+            warnings.warn(nondeterminism, UserWarning, stacklevel=3)
         return backend
     for candidate in AUTO_PRIORITY.get(x.device.type, ("torch",)):
         backend = BACKENDS[candidate]
-        if not backend.not_supported_reasons(x):
+        if not backend.not_supported_reasons(x) and not backend.nondeterminism(x):
             _warn_if_extension_missing(candidate)
             return backend
     return BACKENDS["eager"]

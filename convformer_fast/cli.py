@@ -57,7 +57,8 @@ def cmd_info(args) -> int:
     for name, info in available_backends().items():
         state = "available" if info.available else f"unavailable: {info.reason}"
         print(f"  {name:<14} {state}")
-        print(f"  {'':<14} {info.description}; devices {list(info.devices)}")
+        print(f"  {'':<14} {info.description}; devices {list(info.devices)}; "
+              f"deterministic on {list(info.deterministic_devices)}")
     return 0
 
 

@@ -1,7 +1,15 @@
-"""Checkpoints: round trip, config checks that name the mismatched field, bad files."""
+"""Checkpoints: round trip, config checks that name the mismatched field, damaged, foreign
+and edited files."""
 
 from __future__ import annotations
 
+import io
+import json
+import random
+import struct
+import zipfile
+
+import numpy as np
 import pytest
 import torch
 
@@ -77,12 +85,84 @@ def test_config_is_recovered_from_a_bare_state_dict(tmp_path):
 def test_bad_files_name_the_file_and_key(tmp_path):
     with pytest.raises(CheckpointError, match="missing.pt: checkpoint file not found"):
         load_checkpoint(tmp_path / "missing.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pt: cannot be read"):
-        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="is a directory"):
+        load_checkpoint(tmp_path)
     torch.save({"config": SMALL}, tmp_path / "nomodel.pt")
     with pytest.raises(CheckpointError, match="key 'model' missing"):
         load_checkpoint(tmp_path / "nomodel.pt")
+    torch.save({"config": SMALL, "model": _model().state_dict(), "epoch": "7"}, tmp_path / "epoch.pt")
+    with pytest.raises(CheckpointError, match="epoch.pt: key 'epoch' holds a str, expected int"):
+        load_checkpoint(tmp_path / "epoch.pt")
+
+
+def _flip_a_weight_byte(data: bytes, path) -> bytes:
+    """The file with one byte of a tensor record flipped (its zip CRC left as it was)."""
+    with zipfile.ZipFile(path) as archive:
+        record = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size >= 16)
+    # The data starts after the local header: 30 bytes, the name, and an extra field that
+    # torch.save uses as alignment padding (absent from the central directory's copy).
+    name_length, extra_length = struct.unpack_from("<HH", data, record.header_offset + 26)
+    start = record.header_offset + 30 + name_length + extra_length
+    damaged = bytearray(data)
+    damaged[start + 8] ^= 0xFF
+    return bytes(damaged)
+
+
+# Damaged or foreign files: how each is made from a good checkpoint's bytes, and what the
+# error must say besides the file name.
+DAMAGED_FILES = {
+    "truncated": (lambda data, path: data[: len(data) // 2], "truncated or corrupted"),
+    "truncated_tail": (lambda data, path: data[:-10], "truncated or corrupted"),
+    "empty": (lambda data, path: b"", r"the file is empty \(0 bytes\)"),
+    "random_bytes": (lambda data, path: bytes(random.Random(0).getrandbits(8) | 1 for _ in range(4096)),
+                     "not a torch checkpoint"),
+    "json": (lambda data, path: json.dumps({"config": SMALL}).encode(), r"not a torch checkpoint \(text: JSON"),
+    "npz": (lambda data, path: _npz_bytes(), r"a zip archive of \['weights.npy'\], not a torch.save checkpoint .*npz"),
+    "flipped_weight_byte": (_flip_a_weight_byte, "corrupted: record .* fails its CRC32 check"),
+}
+
+
+def _npz_bytes() -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, weights=np.zeros(3))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("damage", DAMAGED_FILES)
+def test_damaged_or_foreign_file_names_the_file_and_the_damage(tmp_path, damage):
+    good = save_checkpoint(tmp_path / "good.pt", _model())
+    make, expected = DAMAGED_FILES[damage]
+    bad = tmp_path / f"{damage}.pt"
+    bad.write_bytes(make(open(good, "rb").read(), good))
+    with pytest.raises(CheckpointError, match=f"{damage}.pt: {expected}"):
+        load_checkpoint(bad)
+
+
+def test_whole_pickled_module_is_refused_with_what_to_save_instead(tmp_path):
+    torch.save(_model(), tmp_path / "module.pt")  # needs weights_only=False: arbitrary code
+    with pytest.raises(CheckpointError, match=r"module.pt: holds pickled Python objects "
+                                              r"\(convformer_fast.fast.ConvFormerFast\).*state_dict"):
+        load_checkpoint(tmp_path / "module.pt")
+
+
+def test_missing_or_misshapen_weights_name_the_weight(tmp_path):
+    model = _model()
+    weights = model.state_dict()
+    del weights["temporal_blocks.1.attn.theta"]
+    torch.save({"config": model.config, "model": weights}, tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match=r"missing.pt: weights do not fit the model: 1 missing "
+                                              r"from the checkpoint \(e.g. \['temporal_blocks.1.attn.theta'\]\)"):
+        model_from_checkpoint(tmp_path / "missing.pt", backend="torch")
+    weights = model.state_dict()
+    weights["temporal_blocks.0.attn.theta"] = torch.zeros(7)
+    torch.save({"config": model.config, "model": weights}, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match=r"shape.pt: 1 weight\(s\) of the wrong shape: "
+                                              r"temporal_blocks.0.attn.theta: checkpoint has \(7,\)"):
+        model_from_checkpoint(tmp_path / "shape.pt", backend="torch")
+    torch.save(torch.nn.Linear(2, 3).state_dict(), tmp_path / "linear.pt")
+    with pytest.raises(CheckpointError, match="linear.pt: weight 'spatial_pos_embed' missing, expected a "
+                                              "ConvFormer state_dict"):
+        load_checkpoint(tmp_path / "linear.pt")
 
 
 def test_save_is_atomic_and_leaves_no_temporary(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import sys
 
 import pytest
 import torch
@@ -162,15 +163,83 @@ def test_no_cache_when_grad_enabled():
     assert layer.theta.grad is not None
 
 
-def test_deepcopy_and_pickle_drop_cache():
-    model = cf.ConvFormerFast(**MODEL_CONFIGS["t5_j17_single"], backend="torch").eval()
+# Small (one block per stage) because the Triton interpreter runs it a dozen times.
+REPLICATION_CONFIG = dict(num_frames=5, num_joints=7, embed_dim=8, num_heads=2, kernel_sizes=(3, 5),
+                          spatial_depth=1, temporal_depth=1, drop_path=0.0, agg_dropout=0.0)
+
+
+def _replicate_on_cpu(monkeypatch, module, copies: int, detach: bool):
+    """``torch.nn.parallel.replicate`` (what DataParallel runs on every forward) with its
+    CUDA-only broadcast replaced by CPU clones. Everything else is torch's own code:
+    shallow module copies whose parameters are non-leaf tensors set as plain attributes.
+    Clones are differentiable, so the replicas' gradients add up in the original's
+    parameters, as DataParallel's reduction does."""
+    replicate_module = sys.modules["torch.nn.parallel.replicate"]
+    monkeypatch.setattr(replicate_module, "_get_device_index", lambda device, optional=False: device)
+    monkeypatch.setattr(replicate_module, "_broadcast_coalesced_reshape", lambda tensors, devices, detach=False: [
+        [t.detach().clone() if detach else t.clone() for t in tensors] for _ in devices])
+    return replicate_module.replicate(module, [torch.device("cpu")] * copies, detach)
+
+
+def _outputs_and_gradients(model, x):
+    model.zero_grad()
+    out = model(x)
+    out.square().sum().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_copies_pickles_saved_modules_and_state_dicts_compute_identically(fast_backend, tmp_path):
+    """deepcopy, pickle, torch.save of the whole module and state_dict into a fresh module:
+    same backend, no fold cache carried over, bitwise-identical outputs and gradients, and
+    no storage shared with the original."""
+    config = REPLICATION_CONFIG
+    model = randomize(cf.ConvFormerFast(**config, backend=fast_backend)).eval()
     x = make_input(model)
     with torch.no_grad():
-        expected = model(x)
-    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert all(m._fold_cache is None for m in clone.modules() if isinstance(m, DMHCSAFast))
+        expected = model(x)  # also fills the fold cache
+    torch.save(model, tmp_path / "module.pt")
+    fresh = cf.ConvFormerFast(**config, backend=fast_backend)
+    fresh.load_state_dict(model.state_dict())
+    clones = {"deepcopy": copy.deepcopy(model), "pickle": pickle.loads(pickle.dumps(model)),
+              "torch.save": torch.load(tmp_path / "module.pt", weights_only=False), "state_dict": fresh.eval()}
+    train_expected = _outputs_and_gradients(model.train(), x)
+    for how, clone in clones.items():
+        assert clone.backend == fast_backend, how
+        assert all(m._fold_cache is None for m in clone.modules() if isinstance(m, DMHCSAFast)), how
         with torch.no_grad():
-            torch.testing.assert_close(clone(x), expected)
+            assert torch.equal(clone.eval()(x), expected), how
+        out, grads = _outputs_and_gradients(clone.train(), x)
+        assert torch.equal(out, train_expected[0]), how
+        assert all(torch.equal(a, b) for a, b in zip(grads, train_expected[1])), how
+        with torch.no_grad():
+            next(clone.parameters()).add_(1.0)
+            assert torch.equal(model.eval()(x), expected), f"{how}: the clone shares storage"
+
+
+def test_data_parallel_replicas_compute_like_the_module(fast_backend, monkeypatch):
+    config = REPLICATION_CONFIG
+    model = randomize(cf.ConvFormerFast(**config, backend=fast_backend)).eval()
+    x = make_input(model, batch=4)
+    halves = x.chunk(2)
+    with torch.no_grad():
+        expected = model(x)  # fills the cache that the replicas' shallow copies inherit
+        replicas = _replicate_on_cpu(monkeypatch, model, 2, detach=True)
+        gathered = torch.cat([replica(half) for replica, half in zip(replicas, halves)])
+        assert_close(gathered, expected, FORWARD_TOL[torch.float32], "eval replicas")
+        model.temporal_blocks[0].attn.query_convs[0].weight.add_(0.5)  # a folded weight
+        replicas = _replicate_on_cpu(monkeypatch, model, 2, detach=True)  # as on every call
+        gathered = torch.cat([replica(half) for replica, half in zip(replicas, halves)])
+        reference = cf.ConvFormer(**config).eval()
+        reference.load_state_dict(model.state_dict())
+        assert_close(gathered, reference(x), FORWARD_TOL[torch.float32], "replicas after an update")
+    out, grads = _outputs_and_gradients(model.train(), x)
+    model.zero_grad()
+    replicas = _replicate_on_cpu(monkeypatch, model, 2, detach=False)
+    gathered = torch.cat([replica(half) for replica, half in zip(replicas, halves)])
+    gathered.square().sum().backward()
+    assert_close(gathered.detach(), out, GRAD_TOL[torch.float32], "train replicas")
+    for (name, p), expected_grad in zip(model.named_parameters(), grads):
+        assert_close(p.grad, expected_grad, GRAD_TOL[torch.float32], f"replica gradient {name}")
 
 
 def test_backend_errors():

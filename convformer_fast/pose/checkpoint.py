@@ -12,12 +12,20 @@ determine (frames, joints, width, depths, kernel sizes, MLP width) are read back
 tensor shapes and compared with the model at hand, so a checkpoint of another
 configuration fails with ``CheckpointError`` naming the field (``num_frames: checkpoint
 has 27, model has 81``) instead of a dump of mismatched state_dict keys.
+
+Nor are the bytes trusted: ``torch.load`` does not check the CRC32 that its zip container
+stores per record, so a flipped bit in a tensor would load silently as a wrong weight.
+Before loading, the container is read through :mod:`zipfile` (every record against its
+CRC), and an empty, truncated, corrupted or foreign file (JSON, ``.npz``, random bytes, a
+pickled whole module) fails with the file's name and what it is instead.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import zipfile
 from typing import Any, Mapping, Optional
 
 import torch
@@ -111,6 +119,58 @@ def save_checkpoint(path, model: nn.Module, optimizer: Optional[torch.optim.Opti
     return path
 
 
+def _check_container(path: str) -> None:
+    """Raise CheckpointError unless ``path`` is an intact ``torch.save`` zip archive.
+
+    Files in the pre-1.6 (non-zip) torch format start with a pickle opcode and are left
+    to ``torch.load``; they carry no checksums."""
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes), expected a torch.save checkpoint")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+                    raise CheckpointError(f"{path}: a zip archive of {names[:3]}, not a torch.save "
+                                          "checkpoint (it has no data.pkl; a NumPy .npz?)")
+                corrupted = archive.testzip()
+        except CheckpointError:
+            raise
+        except Exception as exc:  # BadZipFile, or a damaged directory that zipfile chokes on
+            raise CheckpointError(f"{path}: truncated or corrupted: its zip directory is unreadable "
+                                  f"({type(exc).__name__}: {exc}; the file has {size} bytes)") from exc
+        if corrupted is not None:
+            raise CheckpointError(f"{path}: corrupted: record {corrupted!r} fails its CRC32 check "
+                                  "(the bytes changed after torch.save wrote them)")
+    elif head[:1] != b"\x80":  # neither a zip archive nor a legacy pickle
+        kind = " (text: JSON?)" if head.lstrip()[:1] in (b"{", b"[") else ""
+        raise CheckpointError(f"{path}: not a torch checkpoint{kind}: it starts with {head!r}, "
+                              "expected the zip archive that torch.save writes")
+
+
+def _load_error(path: str, exc: Exception) -> CheckpointError:
+    """A CheckpointError for a ``torch.load`` failure on a file that passed the container check."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return CheckpointError(
+            f"{path}: holds pickled Python objects{what} that a weights-only load refuses (e.g. a "
+            "whole module saved with torch.save(model)); save model.state_dict() or use "
+            "convformer_fast.pose.checkpoint.save_checkpoint")
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return CheckpointError(f"{path}: cannot be read as a torch checkpoint "
+                           f"({type(exc).__name__}: {first_line})")
+
+
+# Optional entries of a checkpoint dict and the type each must have.
+_OPTIONAL_ENTRIES = {"epoch": int, "metrics": dict, "args": dict, "optimizer": dict,
+                     "scheduler": dict, "scaler": dict}
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Read and validate a checkpoint written by :func:`save_checkpoint`.
 
@@ -118,17 +178,19 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     reconstructed from the tensor shapes (``num_heads`` cannot be, and defaults to 8).
 
     Raises:
-        CheckpointError: missing/unreadable file, or missing/malformed keys (the
-        message names the file and the key).
+        CheckpointError: a missing, empty, truncated, corrupted or foreign file, or
+        missing/malformed keys (the message names the file and what is wrong).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint file not found")
+    _check_container(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated file, not a torch file, pickled foreign objects
-        raise CheckpointError(f"{path}: cannot be read as a torch checkpoint "
-                              f"({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # damage the container check cannot see, foreign pickles
+        raise _load_error(path, exc) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, expected a checkpoint dict "
                               "with keys 'config' and 'model'")
@@ -148,6 +210,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(state["model"], dict):
         raise CheckpointError(f"{path}: key 'model' holds a {type(state['model']).__name__}, "
                               "expected a state_dict")
+    for key, expected in _OPTIONAL_ENTRIES.items():
+        if key in state and not isinstance(state[key], expected):
+            raise CheckpointError(f"{path}: key {key!r} holds a {type(state[key]).__name__}, "
+                                  f"expected {expected.__name__}")
     fmt = state.get("format", CHECKPOINT_FORMAT)
     if fmt > CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: key 'format' is {fmt}, expected <= {CHECKPOINT_FORMAT} "
@@ -174,7 +240,8 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor], where: str = 
     """
     def get(key):
         if key not in state_dict:
-            raise CheckpointError(f"{where}: weight {key!r} missing, expected a ConvFormer state_dict")
+            raise CheckpointError(f"{where}: weight {key!r} missing, expected a ConvFormer state_dict "
+                                  f"(this one has {len(state_dict)} entries: {sorted(state_dict)[:3]}...)")
         return state_dict[key]
 
     pos = get("spatial_pos_embed")
@@ -232,10 +299,19 @@ def load_model_weights(model: nn.Module, checkpoint: Mapping[str, Any]) -> nn.Mo
     if problems:
         raise CheckpointError(f"{path}: checkpoint is for a different model configuration: "
                               + "; ".join(problems))
+    expected = target.state_dict()
+    wrong_shapes = [f"{key}: checkpoint has {tuple(value.shape)}, model has {tuple(expected[key].shape)}"
+                    for key, value in checkpoint["model"].items()
+                    if key in expected and tuple(value.shape) != tuple(expected[key].shape)]
+    if wrong_shapes:  # same config, yet a tensor of another shape: a damaged or edited file
+        raise CheckpointError(f"{path}: {len(wrong_shapes)} weight(s) of the wrong shape: "
+                              + "; ".join(wrong_shapes[:3]))
     missing, unexpected = target.load_state_dict(checkpoint["model"], strict=False)
     if missing or unexpected:  # same config but foreign keys: name a few, not all
-        raise CheckpointError(f"{path}: weights do not fit the model: {len(missing)} missing "
-                              f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        parts = [f"{len(names)} {what} (e.g. {names[:2]})"
+                 for names, what in ((missing, "missing from the checkpoint"),
+                                     (unexpected, "unknown to the model")) if names]
+        raise CheckpointError(f"{path}: weights do not fit the model: " + ", ".join(parts))
     return model
 
 
