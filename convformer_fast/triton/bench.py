@@ -41,6 +41,11 @@ def projection_costs(layout: str, n: int, tokens: int, features: int, kernel_siz
     kernel after the first), plus each per-kernel weight: at least
     (3 (4 n_k E + 3 (n_k - 1) E) + 3 sum_i (C C k_i + C)) * b.
     Backward: grad input and grad weight are each as large as the forward GEMM.
+    Eager backward (autograd of the reference), per Q/K/V and kernel i: the eta scaling's
+    input gradient (read g, write) and eta gradient (read g and y_i), the conv's grad input
+    (read, write) and grad weight (read g and x) and grad bias (read g): 9E, plus
+    accumulating the 3 n_k input gradients (3 (3 n_k - 1) E) and reading and writing every
+    weight: at least (27 n_k E + 3 (3 n_k - 1) E + 2 * 3 sum_i (C C k_i + C)) * b.
     """
     c, length = _geometry(layout, tokens, features)
     b = DTYPE_BYTES[dtype]
@@ -61,6 +66,7 @@ def projection_costs(layout: str, n: int, tokens: int, features: int, kernel_siz
         bwd_flops=2 * fwd_flops,
         bwd_min_bytes=(5 * e + 2 * folded_weight) * b,
         eager_bwd_flops=2 * eager_flops,
+        eager_bwd_bytes=(27 * n_k * e + 3 * (3 * n_k - 1) * e + 2 * eager_weights) * b,
     )
 
 
@@ -110,6 +116,71 @@ def layer_costs(layout: str, n: int, tokens: int, features: int, heads: int,
     return dict(
         projection=projection_costs(layout, n, tokens, features, kernel_sizes, dtype),
         attention=attention_costs(n, heads, tokens, features // heads, dtype),
+    )
+
+
+def kernel_costs(layout: str, n: int, tokens: int, features: int, heads: int,
+                 kernel_sizes: Sequence[int], dtype: torch.dtype = torch.bfloat16) -> dict:
+    """The same costs per Triton kernel (the cost model above split where an op runs
+    several kernels), and per op ("stage") what the eager reference spends on it.
+
+    Returns {"kernels": {kernel name: {stage, flops, executed_flops, min_bytes}},
+             "eager": {stage: {flops, bytes}}}. Each kernel's minimum bytes count what that
+    kernel alone must read and write, so the backward kernels together move more than the
+    op's fused minimum (they each read dL/dqkv, or Q, K, V and dO):
+
+      grad input  : transposed conv, FLOPs of the forward GEMM; reads g (3E) and W, writes
+                    dx: (4E + 3C C k) b
+      grad weight : FLOPs of the forward GEMM; reads g and x: 4E b, writes one set of
+                    fp32 (fp64) partial sums of dW and db: (3C C k + 3C) * 4 (8)
+      bwd preprocess: delta = rowsum(dO * O): reads O, dO, writes delta: 2E b + 4 NH S
+      bwd dK/dV   : useful dV, dP, dK (6 NH S^2 d), executes those and the recomputed
+                    scores (8 per packed pair and BLOCK_D); reads Q, K, V, dO, lse, delta,
+                    writes dK, dV: 6E b + 8 NH S
+      bwd dQ      : useful dQ (2 NH S^2 d), executes scores, dP and dQ (6); reads Q, K, V,
+                    dO, lse, delta, writes dQ: 5E b + 8 NH S
+    """
+    proj = projection_costs(layout, n, tokens, features, kernel_sizes, dtype)
+    head_dim = features // heads
+    attn = attention_costs(n, heads, tokens, head_dim, dtype)
+    b = DTYPE_BYTES[dtype]
+    acc_bytes = 8 if dtype == torch.float64 else 4
+    c, _ = _geometry(layout, tokens, features)
+    k = max(kernel_sizes)
+    e = n * tokens * features
+    nh_s = n * heads * tokens
+    folded_weight = 3 * c * c * k + 3 * c
+    gemm = proj["fwd_flops"]
+    # Executed attention FLOPs per unit of "matmul work" (one S x S x BLOCK_D product):
+    # the forward runs two products (4 = 2 matmuls x 2 FLOPs per multiply-add).
+    attn_unit = attn["fwd_executed_flops"] // 4
+    useful_unit = attn["fwd_flops"] // 4
+
+    def kernel(stage, flops, executed, nbytes):
+        return dict(stage=stage, flops=flops, executed_flops=executed, min_bytes=nbytes)
+
+    return dict(
+        kernels={
+            "qkv_projection_fwd_kernel": kernel("projection_fwd", gemm, gemm, proj["fwd_min_bytes"]),
+            "qkv_projection_grad_input_kernel": kernel(
+                "projection_bwd", gemm, gemm, (4 * e + 3 * c * c * k) * b),
+            "qkv_projection_grad_weight_kernel": kernel(
+                "projection_bwd", gemm, gemm, 4 * e * b + folded_weight * acc_bytes),
+            "attention_fwd_kernel": kernel("attention_fwd", attn["fwd_flops"],
+                                           attn["fwd_executed_flops"], attn["fwd_min_bytes"]),
+            "attention_bwd_preprocess_kernel": kernel("attention_bwd", 0, 0,
+                                                      2 * e * b + 4 * nh_s),
+            "attention_bwd_dkdv_kernel": kernel("attention_bwd", 6 * useful_unit, 8 * attn_unit,
+                                                6 * e * b + 8 * nh_s),
+            "attention_bwd_dq_kernel": kernel("attention_bwd", 2 * useful_unit, 6 * attn_unit,
+                                              5 * e * b + 8 * nh_s),
+        },
+        eager=dict(
+            projection_fwd=dict(flops=proj["eager_fwd_flops"], bytes=proj["eager_fwd_bytes"]),
+            projection_bwd=dict(flops=proj["eager_bwd_flops"], bytes=proj["eager_bwd_bytes"]),
+            attention_fwd=dict(flops=attn["fwd_flops"], bytes=attn["eager_fwd_bytes"]),
+            attention_bwd=dict(flops=attn["bwd_flops"], bytes=attn["eager_bwd_bytes"]),
+        ),
     )
 
 
