@@ -512,8 +512,9 @@ def _plain_args(args: tuple) -> tuple:
 
 
 def candidate_configs(kernel, args: tuple, kwargs: dict) -> list[dict]:
-    """The configurations the autotuner may pick for these arguments (after its pruning),
-    as launch keyword arguments; [{}] for a kernel without autotuning."""
+    """The configurations the autotuner may pick for these arguments (after its pruning,
+    which sees the arguments as at a launch: tensors, here on the meta device), as launch
+    keyword arguments; [{}] for a kernel without autotuning."""
     from triton.runtime.autotuner import Autotuner
 
     if not isinstance(kernel, Autotuner):
@@ -633,7 +634,7 @@ def plan_triton(shapes: Sequence[LayerShape], dtype_tags: Sequence[str], archs: 
                     variants.append(TritonVariant(name, shape, tag, args, launch.kwargs,
                                                   launch.grid, _jit_function(launch.kernel).arg_names))
                     ref = (_jit_function(launch.kernel).module, name)
-                    for config in candidate_configs(launch.kernel, args, launch.kwargs):
+                    for config in candidate_configs(launch.kernel, launch.args, launch.kwargs):
                         key = (name, arch, json.dumps(config, sort_keys=True))
                         job = jobs.setdefault(key, CompileJob(ref, arch, config, []))
                         job.variants.append((variant_id, args, launch.kwargs))
@@ -804,7 +805,13 @@ def _cuda_dtype(demangled: str) -> str:
     head = demangled.split("(")[0]
     if "<" not in head:
         return "-"
-    first = head[head.index("<") + 1:].split(",")[0].strip()
+    depth, first = 0, ""
+    for char in head[head.index("<") + 1:]:
+        if char in ",>" and depth == 0:
+            break
+        depth += (char == "<") - (char == ">")
+        first += char
+    first = first.strip()
     return {"c10::BFloat16": "bf16", "__nv_bfloat16": "bf16", "c10::Half": "fp16", "__half": "fp16",
             "half": "fp16", "float": "fp32", "double": "fp64"}.get(first, first)
 
@@ -1119,8 +1126,8 @@ def format_report(report: dict, detail: bool = False, roofline: bool = True) -> 
     out = [report["title"],
            f"date {tc['date']}; torch {tc['torch']}, triton {tc['triton']} (ptxas {tc['triton_ptxas']}), "
            f"nvcc {tc['nvcc']}",
-           "shapes: presets {presets}, batch {batches}, layouts {layouts}; dtypes {dtypes}; "
-           "targets {targets}".format(
+           (("shapes: presets {presets}, batch {batches}, layouts {layouts}; dtypes {dtypes}; "
+             if report["triton"] else "") + "targets {targets}").format(
                presets=",".join(report["settings"]["presets"]),
                batches=",".join(map(str, report["settings"]["batches"])),
                layouts=",".join(report["settings"]["layouts"]),

@@ -3,7 +3,6 @@
     from convformer_fast.triton import bench
     bench.layer_costs("temporal", n=1, tokens=243, features=544, heads=8, kernel_sizes=(7, 7, 7))
     bench.time_layer("temporal", n=1, tokens=243, features=544, heads=8, kernel_sizes=(7, 7, 7))
-    bench.compile_report(arch=90)        # registers / spills / shared memory, no GPU needed
 
 Costs are analytic (README.md in this folder explains each formula): ``flops`` is useful
 work (one multiply-add = 2 FLOPs), ``executed_flops`` includes what the kernels spend on
@@ -15,7 +14,7 @@ work. Nothing here needs a GPU except :func:`time_layer`.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -254,90 +253,6 @@ def time_layer(layout: str, n: int, tokens: int, features: int, heads: int,
                          tflops=flops / ms / 1e9 if flops else None,
                          gbps=nbytes / ms / 1e6 if nbytes else None,
                          device=torch.cuda.get_device_name()))
-    return rows
-
-
-def compile_report(arch: int = 90, dtypes: Sequence[str] = ("bf16", "fp32"),
-                   kernel_names: Sequence[str] | None = None, all_configs: bool = False,
-                   block_d: int = 128, spatial: bool = False,
-                   config_filter: Callable[[dict], bool] | None = None) -> list[dict]:
-    """Compile the kernels ahead of time for ``sm_<arch>`` (no GPU needed) and report
-    registers, stack (spilled) bytes and shared memory per configuration.
-
-    ``dtypes`` are Triton pointer types ("bf16", "fp16", "fp32", "fp64"; fp32 compiles the
-    exact FMA path, as TF32 is off). By default only each kernel's first autotune
-    configuration is compiled; ``all_configs=True`` compiles all, ``config_filter`` keeps
-    those whose keyword dict it accepts. Must run in a process where TRITON_INTERPRET is
-    unset (the kernels must be ``@triton.jit`` functions, not interpreted ones). Resource
-    usage comes from ``cuobjdump --dump-resource-usage`` of the cubin.
-    """
-    import os
-    import re
-    import subprocess
-    import tempfile
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from . import kernels
-
-    if kernels.INTERPRETED:
-        raise RuntimeError("compile_report: the kernels were defined under TRITON_INTERPRET=1; "
-                           "run it in a process without it")
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    names = kernel_names or [
-        "qkv_projection_fwd_kernel", "qkv_projection_grad_input_kernel",
-        "qkv_projection_grad_weight_kernel", "attention_fwd_kernel",
-        "attention_bwd_preprocess_kernel", "attention_bwd_dkdv_kernel", "attention_bwd_dq_kernel",
-    ]
-    rows = []
-    for name in names:
-        kernel = getattr(kernels, name)
-        autotuned = isinstance(kernel, triton.runtime.Autotuner)
-        fn = kernel.fn if autotuned else kernel  # the JITFunction
-        if autotuned:
-            candidates = [c for c in kernel.configs if config_filter is None or config_filter(c.kwargs)]
-            if not all_configs:
-                candidates = candidates[:1]
-        else:
-            candidates = [None]
-        for dtype in dtypes:
-            acc = "*fp64" if dtype == "fp64" else "*fp32"
-            for config in candidates:
-                constexprs = dict(ACC_FP64=dtype == "fp64", ALLOW_TF32=False, SPATIAL=spatial,
-                                  BLOCK_D=block_d, BLOCK_M=kernels.preprocess_block_rows(block_d))
-                if config is not None:
-                    constexprs.update(config.kwargs)
-                constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
-                signature = {}
-                for arg in fn.arg_names:
-                    if arg in constexprs:
-                        signature[arg] = "constexpr"
-                    elif arg in ("gw_ptr", "gb_ptr", "lse_ptr", "delta_ptr"):
-                        signature[arg] = acc
-                    elif arg.endswith("_ptr"):
-                        signature[arg] = "*" + dtype
-                    else:
-                        signature[arg] = "i32"
-                options = dict(num_warps=config.num_warps, num_stages=config.num_stages) if config else {}
-                row = dict(kernel=name, dtype=dtype, arch=arch,
-                           config=dict(config.kwargs) if config else {}, **options)
-                try:
-                    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                                              target=GPUTarget("cuda", arch, 32), options=options)
-                    row["shared_bytes"] = compiled.metadata.shared
-                    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
-                        f.write(compiled.asm["cubin"])
-                    usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name],
-                                           capture_output=True, text=True).stdout
-                    os.unlink(f.name)
-                    found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-                    row["registers"] = int(found.group(1)) if found else None
-                    row["spill_bytes"] = int(found.group(2)) if found else None
-                except Exception as exc:  # a compile failure is the finding; report it
-                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                rows.append(row)
     return rows
 
 
