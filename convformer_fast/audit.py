@@ -266,6 +266,10 @@ def mma_summary(counts: Counter) -> dict:
                 local_stores=counts.get("STL", 0))
 
 
+def row_mma_label(row: dict) -> str:
+    return "no matmul" if row.get("has_dot") is False else mma_label(row["mma"])
+
+
 def mma_label(summary: dict) -> str:
     """'HGMMA bf16', 'HMMA tf32', 'FFMA' ... for tables."""
     if summary["instructions"]:
@@ -720,7 +724,10 @@ def collect_triton_rows(variants: Sequence[TritonVariant], results) -> list[dict
             row["shapes"].append(variant.shape.label)
             meta = {**dict(zip(variant.arg_names, variant.args)), **variant.kwargs, **config}
             row["programs"][variant.shape.label] = int(torch.Size(variant.grid(meta)).numel())
-    return [_finish_row(row, TARGETS[row["arch"]], strict_mma=True) for row in rows.values()]
+    order = {name: i for i, name in enumerate(dict.fromkeys(v.kernel for v in variants))}
+    ordered = sorted(rows.values(), key=lambda r: (order[r["kernel"]], r["layouts"], r["dtype"], r["arch"],
+                                                   -r.get("threads", 0), json.dumps(r["config"])))
+    return [_finish_row(row, TARGETS[row["arch"]], strict_mma=True) for row in ordered]
 
 
 # ----------------------------------------------------------------------------------------
@@ -1073,7 +1080,7 @@ def triton_summary(rows: Sequence[dict]) -> list[list[str]]:
     for (kernel, layout, dtype, arch), group in groups.items():
         ok = [r for r in group if "error" not in r]
         spilling = [r for r in ok if r["spill_stores"] or r["spill_loads"] or r["stack_bytes"]]
-        mma = sorted({mma_label(r["mma"]) for r in ok})
+        mma = sorted({row_mma_label(r) for r in ok})
         table.append([
             kernel, layout, dtype, f"sm_{arch}", str(len(group)),
             _span([r["registers"] for r in ok]),
@@ -1102,7 +1109,7 @@ def detail_rows(rows: Sequence[dict]) -> list[list[str]]:
             row_label(r), str(r["registers"]), f"{r['spill_stores']}/{r['spill_loads']}",
             str(r["stack_bytes"]), f"{r['static_smem']}+{'?' if r['dynamic_smem'] is None else r['dynamic_smem']}",
             str(r["threads"]) + ("" if r.get("threads_declared", True) else "*"),
-            f"{occ['occupancy']:.0%}", ", ".join(occ["binding"]), mma_label(r["mma"]),
+            f"{occ['occupancy']:.0%}", ", ".join(occ["binding"]), row_mma_label(r),
             "; ".join(r["failures"]) or "ok",
         ])
     return table
@@ -1119,6 +1126,33 @@ def roofline_table(rows: Sequence[dict], gpus: Sequence[str]) -> list[list[str]]
                       f"{r['gflop']:.3f}", f"{r['gflop_executed']:.3f}", f"{r['mbytes']:.1f}"]
                      + [f"{r['us'][g]:.1f}{'c' if r['compute_bound'][g] else 'm'}" for g in gpus])
     return table
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    cells = lambda r: "| " + " | ".join(str(c).replace("|", "/") for c in r) + " |"  # noqa: E731
+    return [cells(header), "|" + "---|" * len(header)] + [cells(r) for r in rows]
+
+
+def format_markdown(report: dict) -> str:
+    """The summary tables as Markdown (for READMEs), with the provenance line."""
+    tc = report["toolchain"]
+    st = report["settings"]
+    out = [f"Compiled and analysed here, not run on a GPU: `convformer-fast kernels` on {tc['date']}, "
+           f"torch {tc['torch']}, triton {tc['triton']} (its ptxas: {tc['triton_ptxas']}), "
+           f"nvcc {tc['nvcc']}. Shapes: {', '.join(st['presets'])} at batch "
+           f"{', '.join(map(str, st['batches']))}, {' and '.join(st['layouts'])} layers, "
+           f"{', '.join(st['dtypes'])}; targets "
+           + ", ".join(f"{n} ({t['gpu']})" for n, t in report["targets"].items()) + "."]
+    if report["triton"]:
+        out += ["", f"Triton kernels ({len(report['triton'])} distinct compiles; ranges over the "
+                    "autotune configurations each kernel may pick):", ""]
+        out += _markdown(SUMMARY_HEADER[:-1] + ["status"], triton_summary(report["triton"]))
+    if report["cuda"]:
+        out += ["", f"CUDA kernels (`csrc/cuda/*.cu` as setup.py builds them; * = no `__launch_bounds__`, "
+                    f"{DEFAULT_CUDA_THREADS} threads assumed):", ""]
+        out += _markdown([h or "status" for h in DETAIL_HEADER], detail_rows(report["cuda"]))
+    out += ["", "Result: " + ("no failures." if report["ok"] else f"{len(report['failures'])} failure(s).")]
+    return "\n".join(out) + "\n"
 
 
 def format_report(report: dict, detail: bool = False, roofline: bool = True) -> str:

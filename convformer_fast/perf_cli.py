@@ -417,6 +417,10 @@ def cmd_kernels(args) -> int:
     print(audit.format_report(report, detail=args.detail, roofline=not args.no_roofline))
     if args.json:
         _write_json(args.json, report)
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(audit.format_markdown(report))
+        print(f"wrote {args.markdown}")
     return 0 if report["ok"] else 1
 
 
@@ -448,6 +452,7 @@ def add_kernels_parser(sub) -> None:
     p.add_argument("--detail", action="store_true", help="one row per compiled configuration")
     p.add_argument("--no-roofline", action="store_true", help="leave out the roofline table")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write the summary tables as Markdown")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_kernels)
 
