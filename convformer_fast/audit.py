@@ -420,16 +420,16 @@ class _TargetDriver:
 
 
 @contextlib.contextmanager
-def _compiling_for(arch: int):
-    """Triton compiles for ``sm_<arch>``, always (its disk cache would skip ptxas, whose
-    log we read), and prints ptxas's log."""
+def _compiling_for(arch: int, fresh: bool = False):
+    """Triton compiles for ``sm_<arch>`` (``fresh``: not from its disk cache) and prints
+    ptxas's log."""
     from triton import knobs
     from triton.runtime import driver
 
     previous = driver._active  # restored as it was (possibly unset), not re-created
     with _without_interpreter(), knobs.compilation.scope(), knobs.nvidia.scope():
-        knobs.compilation.always_compile = True
         knobs.nvidia.dump_ptxas_log = True
+        knobs.compilation.always_compile = fresh
         driver.set_active(_TargetDriver(arch))
         try:
             yield
@@ -540,6 +540,7 @@ class CompileJob:
     arch: int
     config: dict
     variants: list[tuple[int, tuple, dict]]  # (variant id, plain args, kwargs)
+    fresh: bool = False                # ignore Triton's disk cache (compile everything)
 
 
 _ANALYSED: dict[str, dict] = {}  # compiled hash -> analysis, per process
@@ -559,17 +560,42 @@ def _error_text(exc: BaseException, log: str = "") -> str:
     return f"{type(exc).__name__}: {first[:300]}" + (f" | {detail[:300]}" if detail else "")
 
 
+def _sass(cubin: bytes) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as handle:
+            handle.write(cubin)
+        return _run([_triton_tool("cuobjdump"), "-sass", path]).stdout
+
+
+def _ptxas_again(compiled, arch: int, sass: str) -> str:
+    """ptxas's log for a kernel Triton took from its disk cache (no ptxas ran): Triton's own
+    last compile stage, run again with the kernel's options. Its machine code must be the
+    cached kernel's instruction for instruction (only debug sections may differ), so the
+    log describes exactly that binary."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    options = backend.parse_options(dict(compiled.metadata._asdict()))
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        cubin = backend.make_cubin(compiled.asm["ptx"], {}, options, arch)
+    if cubin != compiled.asm["cubin"] and _sass(cubin) != sass:
+        raise AuditError(f"{compiled.metadata.name}: ptxas did not reproduce the cached kernel; "
+                         "clear Triton's cache (~/.triton/cache) and rerun")
+    return log.getvalue()
+
+
 def _analyse_compiled(compiled, ptxas_log: str, arch: int) -> dict:
     name = compiled.metadata.name
+    sass = _sass(compiled.asm["cubin"])
+    if f"Compiling entry function '{name}'" not in ptxas_log:
+        ptxas_log = _ptxas_again(compiled, arch, sass)
     records = parse_ptxas_log(ptxas_log)
     resources = next((r for (a, f), r in records.items() if f == name and r.get("entry")), None)
     if resources is None or "registers" not in resources:
-        raise AuditError(f"{name}: no ptxas report in Triton's log (did the compile hit a cache?)")
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = os.path.join(tmp, f"{name}.cubin")
-        with open(cubin, "wb") as handle:
-            handle.write(compiled.asm["cubin"])
-        sass = _run([_triton_tool("cuobjdump"), "-sass", cubin]).stdout
+        raise AuditError(f"{name}: no report of it in ptxas's log")
     counts = next((c for (a, f), c in parse_sass(sass).items() if f == name), Counter())
     ttir = compiled.asm.get("ttir", "")
     return dict(
@@ -587,18 +613,28 @@ def compile_job(job: CompileJob, kernel=None) -> list[dict]:
     kernel = kernel if kernel is not None else _resolve(job.kernel_ref)
     inner = kernel.fn if hasattr(kernel, "configs") else kernel  # under the autotuner
     results = []
-    with _compiling_for(job.arch):
+    with _compiling_for(job.arch, job.fresh):
         for variant_id, args, kwargs in job.variants:
             log = io.StringIO()
             try:
+                start = _cpu_seconds()
                 with contextlib.redirect_stdout(log):
                     compiled = inner.warmup(*args, grid=(1,), **kwargs, **job.config)
                 if compiled.hash not in _ANALYSED:
                     _ANALYSED[compiled.hash] = _analyse_compiled(compiled, log.getvalue(), job.arch)
+                    _ANALYSED[compiled.hash]["cpu_seconds"] = round(_cpu_seconds() - start, 2)
                 results.append(dict(variant=variant_id, **_ANALYSED[compiled.hash]))
             except Exception as exc:  # a failure to compile is a finding: report it
                 results.append(dict(variant=variant_id, error=_error_text(exc, log.getvalue())))
     return results
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of the tools it ran (ptxas, cuobjdump)."""
+    import resource
+
+    own, tools = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + tools.ru_utime + tools.ru_stime
 
 
 def _worker_init() -> None:
@@ -618,7 +654,7 @@ class TritonVariant:
 
 
 def plan_triton(shapes: Sequence[LayerShape], dtype_tags: Sequence[str], archs: Sequence[int],
-                kernel_filter: Callable[[str], bool] = lambda name: True
+                kernel_filter: Callable[[str], bool] = lambda name: True, fresh: bool = False
                 ) -> tuple[list[TritonVariant], list[CompileJob], set[str]]:
     """Variants (one launch of one kernel for one shape and dtype), the compile jobs that
     cover every candidate configuration of each on each target, and the kernels launched."""
@@ -640,7 +676,7 @@ def plan_triton(shapes: Sequence[LayerShape], dtype_tags: Sequence[str], archs: 
                     ref = (_jit_function(launch.kernel).module, name)
                     for config in candidate_configs(launch.kernel, launch.args, launch.kwargs):
                         key = (name, arch, json.dumps(config, sort_keys=True))
-                        job = jobs.setdefault(key, CompileJob(ref, arch, config, []))
+                        job = jobs.setdefault(key, CompileJob(ref, arch, config, [], fresh))
                         job.variants.append((variant_id, args, launch.kwargs))
     return variants, list(jobs.values()), launched
 
@@ -980,6 +1016,7 @@ class AuditSettings:
     kernels: Sequence[str] = ()          # substrings of kernel names; empty: all
     workers: int = 1
     progress: bool = True
+    fresh: bool = False                  # compile everything, ignoring Triton's disk cache
     source_root: str | None = None       # checkout with setup.py and csrc/; default: ours
 
 
@@ -1010,12 +1047,14 @@ def run_audit(settings: AuditSettings) -> dict:
     if settings.triton:
         report["source_issues"] = dot_precision_issues()
         failures += [f"source: {issue}" for issue in report["source_issues"]]
-        variants, jobs, launched = plan_triton(shapes, settings.dtypes, settings.archs, wanted)
+        variants, jobs, launched = plan_triton(shapes, settings.dtypes, settings.archs, wanted,
+                                               settings.fresh)
         for name in sorted(set(defined_triton_kernels()) - launched):
             failures.append(f"triton {name}: no launch plan reaches it, so it is not audited "
                             "(add it to a plan in convformer_fast/triton/ops.py)")
         report["triton_compiles"] = sum(len(j.variants) for j in jobs)
         report["triton"] = collect_triton_rows(variants, run_jobs(jobs, settings.workers, settings.progress))
+        report["triton_compile_cpu_seconds"] = round(sum(r.get("cpu_seconds", 0) for r in report["triton"]), 1)
         report["roofline"] = roofline_rows(shapes, settings.dtypes, settings.archs)
     if settings.cuda:
         root = settings.source_root or source_root()
@@ -1169,7 +1208,8 @@ def format_report(report: dict, detail: bool = False, roofline: bool = True) -> 
                targets=", ".join(f"{n} ({t['gpu']}, {t['sms']} SMs)" for n, t in report["targets"].items()))]
     if report["triton"]:
         out += ["", f"Triton kernels: every candidate autotune config, {len(report['triton'])} distinct "
-                    f"compiles for {report.get('triton_compiles', 0)} (shape, dtype, config, target) launches"]
+                    f"compiles for {report.get('triton_compiles', 0)} (shape, dtype, config, target) launches, "
+                    f"{report.get('triton_compile_cpu_seconds', 0):.0f} CPU-s"]
         out += _table(SUMMARY_HEADER, triton_summary(report["triton"]))
         if detail:
             out += ["", "Triton kernels, per compiled configuration"]

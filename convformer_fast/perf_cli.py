@@ -408,7 +408,7 @@ def cmd_kernels(args) -> int:
         presets=presets, batches=batches, layouts=layouts, dtypes=dtypes, archs=archs,
         triton=args.only in (None, "triton"), cuda=args.only in (None, "cuda"),
         kernels=_split(args.kernel), workers=args.jobs or cores, progress=not args.no_progress,
-        source_root=args.source_root)
+        source_root=args.source_root, fresh=args.fresh)
     try:
         report = audit.run_audit(settings)
     except audit.AuditError as error:
@@ -449,6 +449,9 @@ def add_kernels_parser(sub) -> None:
                    help="compiler processes (default: the cores available)")
     p.add_argument("--source-root", metavar="DIR",
                    help="checkout with setup.py and csrc/cuda (default: the one this package runs from)")
+    p.add_argument("--fresh", action="store_true",
+                   help="compile everything, ignoring Triton's disk cache (kernels it has cached "
+                        "are otherwise reused and only their ptxas step is rerun)")
     p.add_argument("--detail", action="store_true", help="one row per compiled configuration")
     p.add_argument("--no-roofline", action="store_true", help="leave out the roofline table")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")

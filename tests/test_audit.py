@@ -263,20 +263,27 @@ def test_triton_kernel_that_cannot_fit_its_tile_is_failed(tmp_path):
         from convformer_fast import audit
         audit.triton_ops()
         import planted_kernels
-        rows = []
+        rows, again = [], []
         for arch in (80, 90):
             job = audit.CompileJob(("planted_kernels", "hoarding_kernel"), arch, dict(num_warps=1),
                                    [(0, (torch.float32, torch.float32), dict(BLOCK=128))])
             (row,) = audit.compile_job(job)
             row.update(kernel="hoarding_kernel", dtype="fp32", arch=arch, source="triton")
             rows.append(audit._finish_row(row, audit.TARGETS[arch], strict_mma=True))
-        print(json.dumps(rows))
+            # Again from Triton's disk cache (no ptxas runs): the audit reruns Triton's
+            # ptxas stage itself and must find the same numbers.
+            planted_kernels.hoarding_kernel.device_caches.clear()
+            audit._ANALYSED.clear()
+            again.append(audit.compile_job(job)[0])
+        print(json.dumps([rows, again]))
         """)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(result.stdout.strip().splitlines()[-1])
-    for row in rows:
+    rows, again = json.loads(result.stdout.strip().splitlines()[-1])
+    for row, cached in zip(rows, again):
         assert row["spill_stores"] > 0 and row["threads"] == 32, row
         assert any("spills registers" in f for f in row["failures"]), row["failures"]
+        for key in ("registers", "spill_stores", "spill_loads", "stack_bytes", "dynamic_smem", "hash"):
+            assert cached[key] == row[key], (key, cached, row)
 
 
 @pytest.mark.skipif(not HAS_NVCC, reason="needs nvcc")
