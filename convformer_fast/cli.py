@@ -4,6 +4,8 @@
     convformer-fast check [--preset P]   forward pass of a preset through every available
                                          backend, max deviation from eager
     convformer-fast bench / flops        timing per backend; FLOPs and paper Table 5
+    convformer-fast kernels              compile every Triton/CUDA kernel for sm_80/sm_90 (no
+                                         GPU): registers, spills, occupancy, tensor cores
     convformer-fast train / eval / infer pose training, the paper's tables, video inference
 """
 
@@ -98,13 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--preset", default="h36m-243", choices=sorted(PRESETS))
     check.add_argument("--batch", type=int, default=1)
     check.set_defaults(func=cmd_check)
-    perf_cli.add_subcommands(sub)  # bench, flops
+    perf_cli.add_subcommands(sub)  # bench, flops, kernels
     add_pose_commands(sub)  # train, eval, infer
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for commands that rerun themselves in a clean process
     return args.func(args)
 
 

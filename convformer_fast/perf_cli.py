@@ -1,9 +1,11 @@
-"""The ``bench`` and ``flops`` subcommands of ``convformer-fast`` (registered by cli.py).
+"""The ``bench``, ``flops`` and ``kernels`` subcommands of ``convformer-fast`` (registered by cli.py).
 
     convformer-fast bench [--preset P ...] [--batch B] [--backends eager,compile,torch,cpu]
                           [--threads N] [--dtype float32] [--train] [--json PATH] [--plot PATH]
     convformer-fast flops [--preset P] [--batch B] [--backend auto] [--table5] [--roofline]
                           [--json PATH]
+    convformer-fast kernels [--quick] [--preset P] [--batch B] [--dtype D] [--arch A]
+                            [--kernel NAME] [--only triton|cuda] [--detail] [--json PATH]
 
 Bad input (unknown preset, backend or dtype, a backend unavailable here) ends with one
 line on stderr that lists what is available, and exit code 2.
@@ -341,8 +343,126 @@ def add_flops_parser(sub) -> None:
     p.set_defaults(func=cmd_flops)
 
 
+# ------------------------------------------------------------------------------- kernels
+
+#: What CI audits (tests/test_audit.py): the largest model's spatial and temporal layers at
+#: batch 1, the tensor-core and the exact-fp32 path, both targets.
+QUICK = dict(presets=["h36m-243"], batches=[1], dtypes=["bf16", "fp32"])
+
+
+def _ints(values, what: str) -> list[int]:
+    out = []
+    for value in _split(values):
+        try:
+            out.append(int(value.removeprefix("sm_")))
+        except ValueError:
+            raise UsageError(f"{what}: {value!r} is not an integer") from None
+    return out
+
+
+def cmd_kernels(args) -> int:
+    import os
+
+    from . import audit
+
+    if os.environ.get(audit.INTERPRET_ENV_VAR, "0") not in ("", "0"):
+        # Triton builds its own library as interpreted functions when it is imported under
+        # TRITON_INTERPRET=1; the audit needs compiled ones, so run in a clean process.
+        env = {k: v for k, v in os.environ.items() if k != audit.INTERPRET_ENV_VAR}
+        print(f"convformer-fast kernels: {audit.INTERPRET_ENV_VAR} is set; rerunning without it",
+              file=sys.stderr)
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "convformer_fast.cli", *args.argv], env)
+    try:
+        presets = (parse_presets(args.preset, "h36m-243") if args.preset
+                   else QUICK["presets"] if args.quick else list(audit.PAPER_PRESETS))
+        batches = _ints(args.batch, "--batch") or (QUICK["batches"] if args.quick else [1, 64])
+        if any(b < 1 for b in batches):
+            raise UsageError(f"--batch must be >= 1, got {batches}")
+        layouts = _split(args.layout) or list(audit.LAYOUTS)
+        for layout in layouts:
+            if layout not in audit.LAYOUTS:
+                raise UsageError(f"unknown layout {layout!r}; available: {', '.join(audit.LAYOUTS)}")
+        dtypes = [audit.DTYPE_ALIASES.get(d, d) for d in _split(args.dtype)] or (
+            QUICK["dtypes"] if args.quick else ["fp32", "bf16", "fp16"])
+        for dtype in dtypes:
+            if dtype not in audit.DTYPE_TAGS:
+                raise UsageError(f"unknown dtype {dtype!r}; available: {', '.join(audit.DTYPE_TAGS)} "
+                                 "(tf32: fp32 with TF32 allowed)")
+        archs = _ints(args.arch, "--arch") or list(audit.TARGETS)
+        for arch in archs:
+            if arch not in audit.TARGETS:
+                raise UsageError(f"unknown target sm_{arch}; available: "
+                                 f"{', '.join(t.name for t in audit.TARGETS.values())}")
+        if args.jobs is not None and args.jobs < 1:
+            raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+        if args.source_root and not os.path.exists(os.path.join(args.source_root, "setup.py")):
+            raise UsageError(f"--source-root {args.source_root!r} has no setup.py")
+        if args.only not in (None, "triton", "cuda"):
+            raise UsageError(f"--only: got {args.only!r}, expected triton or cuda")
+    except UsageError as error:
+        print(f"convformer-fast kernels: error: {error}", file=sys.stderr)
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    settings = audit.AuditSettings(
+        presets=presets, batches=batches, layouts=layouts, dtypes=dtypes, archs=archs,
+        triton=args.only in (None, "triton"), cuda=args.only in (None, "cuda"),
+        kernels=_split(args.kernel), workers=args.jobs or cores, progress=not args.no_progress,
+        source_root=args.source_root, fresh=args.fresh)
+    try:
+        report = audit.run_audit(settings)
+    except audit.AuditError as error:
+        print(f"convformer-fast kernels: error: {error}", file=sys.stderr)
+        return 2
+    print(audit.format_report(report, detail=args.detail, roofline=not args.no_roofline))
+    if args.json:
+        _write_json(args.json, report)
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(audit.format_markdown(report))
+        print(f"wrote {args.markdown}")
+    return 0 if report["ok"] else 1
+
+
+def add_kernels_parser(sub) -> None:
+    p = sub.add_parser(
+        "kernels", help="compile every Triton and CUDA kernel for sm_80/sm_90 and audit it (no GPU)",
+        description="Compile every Triton kernel (every autotune config it can pick for the "
+                    "shapes) and every CUDA kernel (as setup.py builds them) for A100 (sm_80) "
+                    "and H100 (sm_90) without a GPU; report registers, spills, shared memory, "
+                    "occupancy, tensor-core use and a roofline estimate. Exit code 1 if a "
+                    "kernel spills, exceeds shared memory, cannot be resident or compiled, or "
+                    "breaks the fp32/tensor-core precision contract; 2 on bad arguments.")
+    p.add_argument("--quick", action="store_true",
+                   help="the CI subset: h36m-243, batch 1, bf16 and fp32 (explicit options override)")
+    p.add_argument("--preset", action="append", metavar="P",
+                   help="preset(s), repeatable or comma-separated (default h36m-9,27,81,243)")
+    p.add_argument("--batch", action="append", metavar="B", help="batch size(s) (default 1,64)")
+    p.add_argument("--layout", action="append", metavar="L", help="spatial, temporal (default both)")
+    p.add_argument("--dtype", action="append", metavar="D",
+                   help="fp32, bf16, fp16, fp64, tf32 (fp32 with TF32 allowed); default fp32,bf16,fp16")
+    p.add_argument("--arch", action="append", metavar="A", help="80, 90 (default both)")
+    p.add_argument("--kernel", action="append", metavar="NAME",
+                   help="only kernels whose name contains NAME (repeatable)")
+    p.add_argument("--only", metavar="triton|cuda", help="audit only the Triton or the CUDA kernels")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="compiler processes (default: the cores available)")
+    p.add_argument("--source-root", metavar="DIR",
+                   help="checkout with setup.py and csrc/cuda (default: the one this package runs from)")
+    p.add_argument("--fresh", action="store_true",
+                   help="compile everything, ignoring Triton's disk cache (kernels it has cached "
+                        "are otherwise reused and only their ptxas step is rerun)")
+    p.add_argument("--detail", action="store_true", help="one row per compiled configuration")
+    p.add_argument("--no-roofline", action="store_true", help="leave out the roofline table")
+    p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="write the summary tables as Markdown")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_kernels)
+
+
 def add_subcommands(sub) -> None:
-    """Register ``bench`` and ``flops`` on cli.py's subparsers."""
+    """Register ``bench``, ``flops`` and ``kernels`` on cli.py's subparsers."""
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
     add_bench_parser(sub)
     add_flops_parser(sub)
+    add_kernels_parser(sub)

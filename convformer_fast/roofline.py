@@ -189,14 +189,19 @@ class RooflineEstimate:
     time_with_launch_s: float     # plus LAUNCH_LATENCY_S per kernel (an assumption)
 
 
-def roofline(kernels: list[KernelTraffic], gpu: str, dtype: torch.dtype) -> RooflineEstimate:
+def kernel_bound(flops: float, nbytes: float, gpu: str, dtype: torch.dtype) -> tuple[float, bool]:
+    """(seconds, compute-bound?) of one kernel on paper: max(FLOPs / peak, bytes / bandwidth)."""
     spec = GPU_SPECS[gpu]
-    peak = spec.peak_flops[dtype]
+    compute, memory = flops / spec.peak_flops[dtype], nbytes / spec.bandwidth
+    return max(compute, memory), compute > memory
+
+
+def roofline(kernels: list[KernelTraffic], gpu: str, dtype: torch.dtype) -> RooflineEstimate:
     time_s, compute_bound = 0.0, 0
     for kernel in kernels:
-        compute, memory = kernel.flops / peak, kernel.bytes / spec.bandwidth
-        compute_bound += compute > memory
-        time_s += max(compute, memory)
+        seconds, is_compute_bound = kernel_bound(kernel.flops, kernel.bytes, gpu, dtype)
+        compute_bound += is_compute_bound
+        time_s += seconds
     return RooflineEstimate(
         gpu=gpu, kernels=len(kernels), flops=sum(k.flops for k in kernels),
         bytes=sum(k.bytes for k in kernels), compute_bound_kernels=compute_bound,

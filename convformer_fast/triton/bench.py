@@ -3,7 +3,6 @@
     from convformer_fast.triton import bench
     bench.layer_costs("temporal", n=1, tokens=243, features=544, heads=8, kernel_sizes=(7, 7, 7))
     bench.time_layer("temporal", n=1, tokens=243, features=544, heads=8, kernel_sizes=(7, 7, 7))
-    bench.compile_report(arch=90)        # registers / spills / shared memory, no GPU needed
 
 Costs are analytic (README.md in this folder explains each formula): ``flops`` is useful
 work (one multiply-add = 2 FLOPs), ``executed_flops`` includes what the kernels spend on
@@ -15,7 +14,7 @@ work. Nothing here needs a GPU except :func:`time_layer`.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
@@ -41,6 +40,11 @@ def projection_costs(layout: str, n: int, tokens: int, features: int, kernel_siz
     kernel after the first), plus each per-kernel weight: at least
     (3 (4 n_k E + 3 (n_k - 1) E) + 3 sum_i (C C k_i + C)) * b.
     Backward: grad input and grad weight are each as large as the forward GEMM.
+    Eager backward (autograd of the reference), per Q/K/V and kernel i: the eta scaling's
+    input gradient (read g, write) and eta gradient (read g and y_i), the conv's grad input
+    (read, write) and grad weight (read g and x) and grad bias (read g): 9E, plus
+    accumulating the 3 n_k input gradients (3 (3 n_k - 1) E) and reading and writing every
+    weight: at least (27 n_k E + 3 (3 n_k - 1) E + 2 * 3 sum_i (C C k_i + C)) * b.
     """
     c, length = _geometry(layout, tokens, features)
     b = DTYPE_BYTES[dtype]
@@ -61,6 +65,7 @@ def projection_costs(layout: str, n: int, tokens: int, features: int, kernel_siz
         bwd_flops=2 * fwd_flops,
         bwd_min_bytes=(5 * e + 2 * folded_weight) * b,
         eager_bwd_flops=2 * eager_flops,
+        eager_bwd_bytes=(27 * n_k * e + 3 * (3 * n_k - 1) * e + 2 * eager_weights) * b,
     )
 
 
@@ -110,6 +115,71 @@ def layer_costs(layout: str, n: int, tokens: int, features: int, heads: int,
     return dict(
         projection=projection_costs(layout, n, tokens, features, kernel_sizes, dtype),
         attention=attention_costs(n, heads, tokens, features // heads, dtype),
+    )
+
+
+def kernel_costs(layout: str, n: int, tokens: int, features: int, heads: int,
+                 kernel_sizes: Sequence[int], dtype: torch.dtype = torch.bfloat16) -> dict:
+    """The same costs per Triton kernel (the cost model above split where an op runs
+    several kernels), and per op ("stage") what the eager reference spends on it.
+
+    Returns {"kernels": {kernel name: {stage, flops, executed_flops, min_bytes}},
+             "eager": {stage: {flops, bytes}}}. Each kernel's minimum bytes count what that
+    kernel alone must read and write, so the backward kernels together move more than the
+    op's fused minimum (they each read dL/dqkv, or Q, K, V and dO):
+
+      grad input  : transposed conv, FLOPs of the forward GEMM; reads g (3E) and W, writes
+                    dx: (4E + 3C C k) b
+      grad weight : FLOPs of the forward GEMM; reads g and x: 4E b, writes one set of
+                    fp32 (fp64) partial sums of dW and db: (3C C k + 3C) * 4 (8)
+      bwd preprocess: delta = rowsum(dO * O): reads O, dO, writes delta: 2E b + 4 NH S
+      bwd dK/dV   : useful dV, dP, dK (6 NH S^2 d), executes those and the recomputed
+                    scores (8 per packed pair and BLOCK_D); reads Q, K, V, dO, lse, delta,
+                    writes dK, dV: 6E b + 8 NH S
+      bwd dQ      : useful dQ (2 NH S^2 d), executes scores, dP and dQ (6); reads Q, K, V,
+                    dO, lse, delta, writes dQ: 5E b + 8 NH S
+    """
+    proj = projection_costs(layout, n, tokens, features, kernel_sizes, dtype)
+    head_dim = features // heads
+    attn = attention_costs(n, heads, tokens, head_dim, dtype)
+    b = DTYPE_BYTES[dtype]
+    acc_bytes = 8 if dtype == torch.float64 else 4
+    c, _ = _geometry(layout, tokens, features)
+    k = max(kernel_sizes)
+    e = n * tokens * features
+    nh_s = n * heads * tokens
+    folded_weight = 3 * c * c * k + 3 * c
+    gemm = proj["fwd_flops"]
+    # Executed attention FLOPs per unit of "matmul work" (one S x S x BLOCK_D product):
+    # the forward runs two products (4 = 2 matmuls x 2 FLOPs per multiply-add).
+    attn_unit = attn["fwd_executed_flops"] // 4
+    useful_unit = attn["fwd_flops"] // 4
+
+    def kernel(stage, flops, executed, nbytes):
+        return dict(stage=stage, flops=flops, executed_flops=executed, min_bytes=nbytes)
+
+    return dict(
+        kernels={
+            "qkv_projection_fwd_kernel": kernel("projection_fwd", gemm, gemm, proj["fwd_min_bytes"]),
+            "qkv_projection_grad_input_kernel": kernel(
+                "projection_bwd", gemm, gemm, (4 * e + 3 * c * c * k) * b),
+            "qkv_projection_grad_weight_kernel": kernel(
+                "projection_bwd", gemm, gemm, 4 * e * b + folded_weight * acc_bytes),
+            "attention_fwd_kernel": kernel("attention_fwd", attn["fwd_flops"],
+                                           attn["fwd_executed_flops"], attn["fwd_min_bytes"]),
+            "attention_bwd_preprocess_kernel": kernel("attention_bwd", 0, 0,
+                                                      2 * e * b + 4 * nh_s),
+            "attention_bwd_dkdv_kernel": kernel("attention_bwd", 6 * useful_unit, 8 * attn_unit,
+                                                6 * e * b + 8 * nh_s),
+            "attention_bwd_dq_kernel": kernel("attention_bwd", 2 * useful_unit, 6 * attn_unit,
+                                              5 * e * b + 8 * nh_s),
+        },
+        eager=dict(
+            projection_fwd=dict(flops=proj["eager_fwd_flops"], bytes=proj["eager_fwd_bytes"]),
+            projection_bwd=dict(flops=proj["eager_bwd_flops"], bytes=proj["eager_bwd_bytes"]),
+            attention_fwd=dict(flops=attn["fwd_flops"], bytes=attn["eager_fwd_bytes"]),
+            attention_bwd=dict(flops=attn["bwd_flops"], bytes=attn["eager_bwd_bytes"]),
+        ),
     )
 
 
@@ -183,90 +253,6 @@ def time_layer(layout: str, n: int, tokens: int, features: int, heads: int,
                          tflops=flops / ms / 1e9 if flops else None,
                          gbps=nbytes / ms / 1e6 if nbytes else None,
                          device=torch.cuda.get_device_name()))
-    return rows
-
-
-def compile_report(arch: int = 90, dtypes: Sequence[str] = ("bf16", "fp32"),
-                   kernel_names: Sequence[str] | None = None, all_configs: bool = False,
-                   block_d: int = 128, spatial: bool = False,
-                   config_filter: Callable[[dict], bool] | None = None) -> list[dict]:
-    """Compile the kernels ahead of time for ``sm_<arch>`` (no GPU needed) and report
-    registers, stack (spilled) bytes and shared memory per configuration.
-
-    ``dtypes`` are Triton pointer types ("bf16", "fp16", "fp32", "fp64"; fp32 compiles the
-    exact FMA path, as TF32 is off). By default only each kernel's first autotune
-    configuration is compiled; ``all_configs=True`` compiles all, ``config_filter`` keeps
-    those whose keyword dict it accepts. Must run in a process where TRITON_INTERPRET is
-    unset (the kernels must be ``@triton.jit`` functions, not interpreted ones). Resource
-    usage comes from ``cuobjdump --dump-resource-usage`` of the cubin.
-    """
-    import os
-    import re
-    import subprocess
-    import tempfile
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from . import kernels
-
-    if kernels.INTERPRETED:
-        raise RuntimeError("compile_report: the kernels were defined under TRITON_INTERPRET=1; "
-                           "run it in a process without it")
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    names = kernel_names or [
-        "qkv_projection_fwd_kernel", "qkv_projection_grad_input_kernel",
-        "qkv_projection_grad_weight_kernel", "attention_fwd_kernel",
-        "attention_bwd_preprocess_kernel", "attention_bwd_dkdv_kernel", "attention_bwd_dq_kernel",
-    ]
-    rows = []
-    for name in names:
-        kernel = getattr(kernels, name)
-        autotuned = isinstance(kernel, triton.runtime.Autotuner)
-        fn = kernel.fn if autotuned else kernel  # the JITFunction
-        if autotuned:
-            candidates = [c for c in kernel.configs if config_filter is None or config_filter(c.kwargs)]
-            if not all_configs:
-                candidates = candidates[:1]
-        else:
-            candidates = [None]
-        for dtype in dtypes:
-            acc = "*fp64" if dtype == "fp64" else "*fp32"
-            for config in candidates:
-                constexprs = dict(ACC_FP64=dtype == "fp64", ALLOW_TF32=False, SPATIAL=spatial,
-                                  BLOCK_D=block_d, BLOCK_M=kernels.preprocess_block_rows(block_d))
-                if config is not None:
-                    constexprs.update(config.kwargs)
-                constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
-                signature = {}
-                for arg in fn.arg_names:
-                    if arg in constexprs:
-                        signature[arg] = "constexpr"
-                    elif arg in ("gw_ptr", "gb_ptr", "lse_ptr", "delta_ptr"):
-                        signature[arg] = acc
-                    elif arg.endswith("_ptr"):
-                        signature[arg] = "*" + dtype
-                    else:
-                        signature[arg] = "i32"
-                options = dict(num_warps=config.num_warps, num_stages=config.num_stages) if config else {}
-                row = dict(kernel=name, dtype=dtype, arch=arch,
-                           config=dict(config.kwargs) if config else {}, **options)
-                try:
-                    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                                              target=GPUTarget("cuda", arch, 32), options=options)
-                    row["shared_bytes"] = compiled.metadata.shared
-                    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
-                        f.write(compiled.asm["cubin"])
-                    usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name],
-                                           capture_output=True, text=True).stdout
-                    os.unlink(f.name)
-                    found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
-                    row["registers"] = int(found.group(1)) if found else None
-                    row["spill_bytes"] = int(found.group(2)) if found else None
-                except Exception as exc:  # a compile failure is the finding; report it
-                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                rows.append(row)
     return rows
 
 

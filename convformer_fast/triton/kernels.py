@@ -27,6 +27,7 @@ Every kernel accumulates in fp32 (fp64 for fp64 inputs) and states the ``tl.dot`
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import triton
 import triton.language as tl
@@ -42,21 +43,56 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 # ----------------------------------------------------------------------------------------
 
 
+def _as_configs(shapes: list[dict]) -> list:
+    return [triton.Config({k: v for k, v in c.items() if k not in ("num_warps", "num_stages")},
+                          num_warps=c["num_warps"], num_stages=c["num_stages"]) for c in shapes]
+
+
 def _configs(gpu: list[dict], interpreted: dict) -> list:
     if INTERPRETED:
         return [triton.Config(interpreted, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({k: v for k, v in c.items() if k not in ("num_warps", "num_stages")},
-                      num_warps=c["num_warps"], num_stages=c["num_stages"])
-        for c in gpu
-    ]
+    return _as_configs(gpu)
 
 
-# Checked with bench.compile_report (ptxas -v, sm_80 and sm_90): the tensor-core shapes
-# (bf16/fp16, or fp32 with TF32 allowed) and the FMA shapes (exact fp32 and fp64, where
-# tl.dot runs on CUDA cores and wants a short BLOCK_K) compile without register spills for
-# the three GEMM kernels, except 64x128 (grad weight spills; kept for the forward).
-# Autotuning keys on the shape and the dtypes, so each dtype finds its own shape.
+def config_name(config) -> str:
+    """'64x32x16 w4 s3': the tile (BLOCK_M x BLOCK_N [x BLOCK_K]), warps and stages."""
+    tile = "x".join(str(config.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in config.kwargs)
+    return f"{tile} w{config.num_warps} s{config.num_stages}"
+
+
+def arithmetic_path(dtype, allow_tf32: bool) -> str:
+    """How tl.dot multiplies: 'fp16/bf16' and 'tf32' on tensor cores, 'fp32' (exact, the
+    default) and 'fp64' on CUDA cores, where each thread holds more of the tiles."""
+    name = str(dtype).replace("torch.", "")
+    if name == "float64":
+        return "fp64"
+    if name == "float32":
+        return "tf32" if allow_tf32 else "fp32"
+    return "fp16/bf16"
+
+
+def _pruned_to(allowed: Callable[[str, dict], set[str]], dtype_arg: str):
+    """An ``early_config_prune`` keeping the shapes ``allowed(path, launch kwargs)`` names."""
+
+    def prune(configs, named_args, **kwargs):
+        path = arithmetic_path(named_args[dtype_arg].dtype, bool(kwargs.get("ALLOW_TF32")))
+        names = allowed(path, kwargs)
+        kept = [c for c in configs if config_name(c) in names]
+        if not kept:
+            raise RuntimeError(f"no autotune configuration for the {path} path with {kwargs}")
+        return kept
+
+    return prune
+
+
+# Which shapes each kernel may use on each arithmetic path: those `convformer-fast kernels`
+# compiled for sm_80 and sm_90 at the paper's shapes (h36m, both layouts) without register
+# spills and within both GPUs' shared memory (triton 3.8). The autotuners prune to them, so
+# they cannot pick a shape that spills; tests/test_audit.py re-checks every one in CI.
+# The exact-fp32 (FMA) path holds whole tiles per thread and wants a short BLOCK_K; the
+# larger tensor-core tiles spill there. TF32 and fp64 use the tensor-core and the FMA
+# sets (audited with --dtype tf32,fp64, not in CI).
+_SETS_OF = {"tf32": "fp16/bf16", "fp64": "fp32"}
 _GEMM_GPU = [
     dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
     dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=3),
@@ -69,12 +105,24 @@ _GEMM_GPU = [
 ]
 _GEMM_INTERPRETED = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)
 GEMM_CONFIGS = _configs(_GEMM_GPU, _GEMM_INTERPRETED)
+_GEMM_ALL = {config_name(c) for c in _as_configs(_GEMM_GPU)}
+_GEMM_FMA = {"64x64x16 w4 s3", "32x64x16 w4 s3", "64x32x16 w4 s3", "32x32x16 w2 s3"}
+_GEMM_ALLOWED = {
+    "fwd": {"fp16/bf16": _GEMM_ALL, "fp32": _GEMM_FMA},
+    # 64x64x32 spills 8 B on sm_80 (temporal); the grad-weight GEMM keeps a larger
+    # accumulator live and spills with most BLOCK_K = 32 tiles (64x128 everywhere).
+    "grad_input": {"fp16/bf16": _GEMM_ALL - {"64x64x32 w4 s3"}, "fp32": _GEMM_FMA},
+    "grad_weight": {"fp16/bf16": {"128x64x32 w8 s3"} | _GEMM_FMA,
+                    "fp32": _GEMM_FMA - {"64x64x16 w4 s3"}},
+}
 
-# Checked with bench.compile_report for sm_90: 64x32 with 8 warps is the one shape with no
-# spills in all three kernels at BLOCK_D = 128 (d_head 68 of the paper's temporal blocks);
-# 128x64 packs seven 17-token heads for the spatial blocks (BLOCK_D = 16); the 32x16 and
-# 16x16 shapes serve the FMA path (exact fp32, fp64) and BLOCK_D = 256, where the larger
-# shapes spill.
+
+def _gemm_allowed(kernel: str):
+    def allowed(path: str, kwargs: dict) -> set[str]:
+        return _GEMM_ALLOWED[kernel][_SETS_OF.get(path, path)]
+    return allowed
+
+
 _ATTN_GPU = [
     dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=2),
     dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
@@ -84,16 +132,49 @@ _ATTN_GPU = [
     dict(BLOCK_M=32, BLOCK_N=32, num_warps=8, num_stages=2),
     dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=2),
     dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1),
+    # The exact-fp32 shapes for d_head > 16: few tile elements per thread.
+    dict(BLOCK_M=32, BLOCK_N=16, num_warps=8, num_stages=2),
+    dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1),
 ]
 # BLOCK_M = 128 packs seven 17-token (eight 15-token) problems per program; BLOCK_N = 64
 # streams those 119 rows as a full and a partial block.
 _ATTN_INTERPRETED = dict(BLOCK_M=128, BLOCK_N=64)
 ATTN_CONFIGS = _configs(_ATTN_GPU, _ATTN_INTERPRETED)
 # Every attention kernel owns BLOCK_M rows (queries in the forward and dQ kernels, keys in
-# the dK/dV kernel) and streams the other side in BLOCK_N blocks; the same shapes serve.
+# the dK/dV kernel) and streams the other side in BLOCK_N blocks; the same shapes serve,
+# each kernel pruned to its own set.
 ATTN_BWD_CONFIGS = ATTN_CONFIGS
+_ATTN_ALL = {config_name(c) for c in _as_configs(_ATTN_GPU)}
+_ATTN_SMALL_FP32 = {"32x16 w8 s2", "16x16 w4 s1"}
+# Per kernel, path and head-dim class: "narrow" is BLOCK_D <= 16 (the spatial blocks' d_head
+# 4), "wide" anything larger (verified at BLOCK_D = 128, the temporal blocks' d_head 68;
+# narrower heads need fewer registers). Above 128 (d_head > 128) the wide sets spill.
+_ATTN_ALLOWED = {
+    "fwd": {
+        ("fp16/bf16", "narrow"): _ATTN_ALL,
+        ("fp32", "narrow"): _ATTN_ALL - {"64x32 w4 s2", "32x32 w8 s2"},
+        ("fp16/bf16", "wide"): _ATTN_ALL - {"128x64 w8 s3", "64x64 w4 s3"},
+        ("fp32", "wide"): _ATTN_SMALL_FP32,
+    },
+    "dkdv": {
+        ("fp16/bf16", "narrow"): _ATTN_ALL,
+        ("fp32", "narrow"): _ATTN_ALL - {"128x64 w8 s3", "16x16 w1 s1", "64x64 w4 s3"},
+        ("fp16/bf16", "wide"): {"32x16 w4 s2", "32x32 w8 s2"} | _ATTN_SMALL_FP32,
+        ("fp32", "wide"): {"32x32 w8 s2"} | _ATTN_SMALL_FP32,
+    },
+    "dq": {
+        ("fp16/bf16", "narrow"): _ATTN_ALL,
+        ("fp32", "narrow"): _ATTN_ALL - {"128x64 w8 s3", "64x64 w4 s3"},
+        ("fp16/bf16", "wide"): {"32x32 w8 s2", "64x32 w8 s2"} | _ATTN_SMALL_FP32,
+        ("fp32", "wide"): {"32x32 w8 s2"} | _ATTN_SMALL_FP32,
+    },
+}
 
 
+def _attention_allowed(kernel: str):
+    def allowed(path: str, kwargs: dict) -> set[str]:
+        return _ATTN_ALLOWED[kernel][(_SETS_OF.get(path, path), "narrow" if kwargs["BLOCK_D"] <= 16 else "wide")]
+    return allowed
 
 
 def preprocess_block_rows(block_d: int) -> int:
@@ -152,7 +233,8 @@ def _qkv_position_offset(n, l, S, H, HEAD_DIM, SPATIAL: tl.constexpr):
 # padding), and channels are streamed in BLOCK_K blocks. No im2col tensor exists.
 
 
-@triton.autotune(configs=GEMM_CONFIGS, key=["N", "L", "C", "KSIZE", "SPATIAL", "ALLOW_TF32"])
+@triton.autotune(configs=GEMM_CONFIGS, key=["N", "L", "C", "KSIZE", "SPATIAL", "ALLOW_TF32"],
+                 prune_configs_by=dict(early_config_prune=_pruned_to(_gemm_allowed("fwd"), "x_ptr")))
 @triton.jit
 def qkv_projection_fwd_kernel(
     x_ptr, w_ptr, b_ptr, qkv_ptr,
@@ -207,7 +289,8 @@ def qkv_projection_fwd_kernel(
 # ----------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=GEMM_CONFIGS, key=["N", "L", "C", "KSIZE", "SPATIAL", "ALLOW_TF32"])
+@triton.autotune(configs=GEMM_CONFIGS, key=["N", "L", "C", "KSIZE", "SPATIAL", "ALLOW_TF32"],
+                 prune_configs_by=dict(early_config_prune=_pruned_to(_gemm_allowed("grad_input"), "g_ptr")))
 @triton.jit
 def qkv_projection_grad_input_kernel(
     g_ptr, w_ptr, gx_ptr,
@@ -254,7 +337,8 @@ def qkv_projection_grad_input_kernel(
     tl.store(gx_ptr + gx_off, acc.to(gx_ptr.dtype.element_ty), mask=m_ok[:, None] & c_ok[None, :])
 
 
-@triton.autotune(configs=GEMM_CONFIGS, key=["N", "L", "C", "KSIZE", "SPATIAL", "ALLOW_TF32"])
+@triton.autotune(configs=GEMM_CONFIGS, key=["N", "L", "C", "KSIZE", "SPATIAL", "ALLOW_TF32"],
+                 prune_configs_by=dict(early_config_prune=_pruned_to(_gemm_allowed("grad_weight"), "g_ptr")))
 @triton.jit
 def qkv_projection_grad_weight_kernel(
     g_ptr, x_ptr, gw_ptr, gb_ptr,
@@ -371,7 +455,8 @@ def _out_offset(row, S, H, stride_on, stride_oh, stride_os):
     return n * stride_on + head * stride_oh + i * stride_os
 
 
-@triton.autotune(configs=ATTN_CONFIGS, key=["NH", "S", "BLOCK_D", "ALLOW_TF32"])
+@triton.autotune(configs=ATTN_CONFIGS, key=["NH", "S", "BLOCK_D", "ALLOW_TF32"],
+                 prune_configs_by=dict(early_config_prune=_pruned_to(_attention_allowed("fwd"), "qkv_ptr")))
 @triton.jit
 def attention_fwd_kernel(
     qkv_ptr, out_ptr, lse_ptr,
@@ -456,7 +541,8 @@ def attention_bwd_preprocess_kernel(
     tl.store(delta_ptr + rows, tl.sum(o * do, axis=1), mask=ok)
 
 
-@triton.autotune(configs=ATTN_BWD_CONFIGS, key=["NH", "S", "BLOCK_D", "ALLOW_TF32"])
+@triton.autotune(configs=ATTN_BWD_CONFIGS, key=["NH", "S", "BLOCK_D", "ALLOW_TF32"],
+                 prune_configs_by=dict(early_config_prune=_pruned_to(_attention_allowed("dkdv"), "qkv_ptr")))
 @triton.jit
 def attention_bwd_dkdv_kernel(
     qkv_ptr, dout_ptr, lse_ptr, delta_ptr, dqkv_ptr,
@@ -512,7 +598,8 @@ def attention_bwd_dkdv_kernel(
     tl.store(dqkv_ptr + 2 * stride_which + kv_off, dv.to(dqkv_ptr.dtype.element_ty), mask=kv_mask)
 
 
-@triton.autotune(configs=ATTN_BWD_CONFIGS, key=["NH", "S", "BLOCK_D", "ALLOW_TF32"])
+@triton.autotune(configs=ATTN_BWD_CONFIGS, key=["NH", "S", "BLOCK_D", "ALLOW_TF32"],
+                 prune_configs_by=dict(early_config_prune=_pruned_to(_attention_allowed("dq"), "qkv_ptr")))
 @triton.jit
 def attention_bwd_dq_kernel(
     qkv_ptr, dout_ptr, lse_ptr, delta_ptr, dqkv_ptr,

@@ -20,6 +20,8 @@ graphs call them as single nodes.
 """
 
 import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import triton
@@ -128,51 +130,78 @@ def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def _weight_grad_splits(rows: int, out_channels: int, reduction: int, device: torch.device) -> int:
+def _weight_grad_splits(rows: int, out_channels: int, reduction: int, sm_count: int) -> int:
     """How many row chunks the weight-gradient GEMM is split into (partial sums)."""
     if INTERPRETED:
         return 2 if rows > 256 else 1  # exercises the split path at test sizes
     tiles = triton.cdiv(out_channels, 64) * triton.cdiv(reduction, 64)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(triton.cdiv(4 * sms, tiles), triton.cdiv(rows, 512), 256))
+    return max(1, min(triton.cdiv(4 * sm_count, tiles), triton.cdiv(rows, 512), 256))
 
 
-# ---------------------------------------------------------------------------------------
-# Implementations
-# ---------------------------------------------------------------------------------------
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
+
+# Op names (errors name the op).
 _PROJ = "triton_qkv_projection"
 _PROJ_BWD = "triton_qkv_projection_backward"
 _ATTN = "triton_attention"
 _ATTN_BWD = "triton_attention_backward"
 
 
-def _qkv_projection_impl(x, weight, bias, num_heads, layout):
-    dtype = _check_tensors(_PROJ, x=x, weight=weight, bias=bias)
+# ---------------------------------------------------------------------------------------
+# Launch plans: the one place where kernel arguments are derived from the op's tensors.
+# The ops run them; convformer_fast.audit compiles them for sm_80 / sm_90 without a GPU
+# (from "meta" tensors), so the audit sees exactly the specialisations the ops launch.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """``kernel[grid](*args, **kwargs)``: grid is a function of the chosen config's
+    meta-parameters (as Triton calls it), args may hold tensors, ints and None."""
+
+    kernel: Any
+    grid: Callable[[dict], tuple]
+    args: tuple
+    kwargs: dict
+
+    def run(self) -> None:
+        _launch(self.kernel)[self.grid](*self.args, **self.kwargs)
+
+
+def _run(launches: list[KernelLaunch], like: torch.Tensor) -> None:
+    with _device_guard(like):
+        for launch in launches:
+            launch.run()
+
+
+def qkv_projection_plan(x, weight, bias, num_heads, layout, allow_tf32=False):
+    """Allocate qkv and plan the forward kernel: ``(qkv, [KernelLaunch])``. Shapes are
+    validated here; devices and dtypes by the op."""
     n, s, f, c, length, ksize, head_dim = _projection_geometry(_PROJ, x, weight, num_heads, layout,
                                                                bias)
     x, weight, bias = x.contiguous(), weight.contiguous(), bias.contiguous()
     qkv = x.new_empty((3, n, num_heads, s, head_dim))
     if x.numel() == 0:
-        return qkv  # an empty grid is not launched
+        return qkv, []  # an empty grid is not launched
     sxn, sxc, sxl = _conv_strides(x, layout)
 
     def grid(meta):
         return (triton.cdiv(n * length, meta["BLOCK_M"]), triton.cdiv(3 * c, meta["BLOCK_N"]))
 
-    with _device_guard(x):
-        _launch(kernels.qkv_projection_fwd_kernel)[grid](
-            x, weight, bias, qkv,
-            n, length, c, s, num_heads, head_dim, ksize, ksize // 2,
-            sxn, sxc, sxl,
-            SPATIAL=layout == "spatial", ACC_FP64=dtype == torch.float64,
-            ALLOW_TF32=_allow_tf32(x),
-        )
-    return qkv
+    launch = KernelLaunch(
+        kernels.qkv_projection_fwd_kernel, grid,
+        (x, weight, bias, qkv, n, length, c, s, num_heads, head_dim, ksize, ksize // 2, sxn, sxc, sxl),
+        dict(SPATIAL=layout == "spatial", ACC_FP64=x.dtype == torch.float64,
+             ALLOW_TF32=allow_tf32))
+    return qkv, [launch]
 
 
-def _qkv_projection_backward_impl(grad_qkv, x, weight, num_heads, layout):
-    dtype = _check_tensors(_PROJ_BWD, grad_qkv=grad_qkv, x=x, weight=weight)
+def qkv_projection_backward_plan(grad_qkv, x, weight, num_heads, layout, allow_tf32=False,
+                                 sm_count=1):
+    """Allocate grad x and the fp32 (fp64) partial sums of grad W and grad b, and plan the two
+    backward kernels: ``((grad_x, grad_w_parts, grad_b_parts), [KernelLaunch])``."""
     n, s, f, c, length, ksize, head_dim = _projection_geometry(_PROJ_BWD, x, weight, num_heads,
                                                                layout)
     if grad_qkv.shape != (3, n, num_heads, s, head_dim):
@@ -180,16 +209,17 @@ def _qkv_projection_backward_impl(grad_qkv, x, weight, num_heads, layout):
                          f"{(3, n, num_heads, s, head_dim)}")
     grad_qkv, x, weight = grad_qkv.contiguous(), x.contiguous(), weight.contiguous()
     sxn, sxc, sxl = _conv_strides(x, layout)
-    acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     rows, reduction = n * length, c * ksize
-    splits = _weight_grad_splits(rows, 3 * c, reduction, x.device)
+    splits = _weight_grad_splits(rows, 3 * c, reduction, sm_count)
     grad_x = torch.empty_like(x)
-    if x.numel() == 0:
-        return grad_x, torch.zeros_like(weight), weight.new_zeros((3 * c,))
     grad_w_parts = x.new_empty((splits, 3 * c, reduction), dtype=acc_dtype)
     grad_b_parts = x.new_empty((splits, 3 * c), dtype=acc_dtype)
-    common = dict(SPATIAL=layout == "spatial", ACC_FP64=dtype == torch.float64,
-                  ALLOW_TF32=_allow_tf32(x))
+    outputs = (grad_x, grad_w_parts, grad_b_parts)
+    if x.numel() == 0:
+        return outputs, []
+    common = dict(SPATIAL=layout == "spatial", ACC_FP64=x.dtype == torch.float64,
+                  ALLOW_TF32=allow_tf32)
     shape_args = (n, length, c, s, num_heads, head_dim, ksize, ksize // 2, sxn, sxc, sxl)
 
     def grid_x(meta):
@@ -198,12 +228,100 @@ def _qkv_projection_backward_impl(grad_qkv, x, weight, num_heads, layout):
     def grid_w(meta):
         return (triton.cdiv(3 * c, meta["BLOCK_N"]), triton.cdiv(c, meta["BLOCK_K"]) * ksize, splits)
 
-    with _device_guard(x):
-        _launch(kernels.qkv_projection_grad_input_kernel)[grid_x](
-            grad_qkv, weight, grad_x, *shape_args, **common)
-        _launch(kernels.qkv_projection_grad_weight_kernel)[grid_w](
-            grad_qkv, x, grad_w_parts, grad_b_parts, *shape_args, **common)
-    grad_weight = grad_w_parts.sum(0).view(3 * c, c, ksize).to(dtype)
+    return outputs, [
+        KernelLaunch(kernels.qkv_projection_grad_input_kernel, grid_x,
+                     (grad_qkv, weight, grad_x, *shape_args), common),
+        KernelLaunch(kernels.qkv_projection_grad_weight_kernel, grid_w,
+                     (grad_qkv, x, grad_w_parts, grad_b_parts, *shape_args), common),
+    ]
+
+
+def _attention_grid(s: int, nh: int):
+    """Programs (row blocks of a head group, head groups): BLOCK_M rows owned per program,
+    max(1, BLOCK_M // S) heads packed per group."""
+
+    def grid(meta):
+        pack = max(1, meta["BLOCK_M"] // s)
+        return (triton.cdiv(min(pack, nh) * s, meta["BLOCK_M"]), triton.cdiv(nh, pack))
+
+    return grid
+
+
+def attention_plan(qkv, allow_tf32=False):
+    """Allocate out and lse2 and plan the forward kernel: ``((out, lse), [KernelLaunch])``."""
+    n, h, s, head_dim = _attention_geometry(_ATTN, qkv)
+    qkv = qkv.contiguous()
+    out = qkv.new_empty((n, s, h * head_dim))
+    lse_dtype = torch.float64 if qkv.dtype == torch.float64 else torch.float32
+    lse = qkv.new_empty((n, h, s), dtype=lse_dtype)
+    if qkv.numel() == 0:
+        return (out, lse), []
+    nh = n * h
+    launch = KernelLaunch(
+        kernels.attention_fwd_kernel, _attention_grid(s, nh),
+        (qkv, out, lse, nh, s, h, head_dim, nh * s * head_dim, s * h * head_dim, head_dim,
+         h * head_dim),
+        dict(ACC_FP64=qkv.dtype == torch.float64, ALLOW_TF32=allow_tf32,
+             BLOCK_D=_block_d(head_dim)))
+    return (out, lse), [launch]
+
+
+def attention_backward_plan(grad_out, qkv, out, lse, allow_tf32=False):
+    """Allocate grad qkv and the row terms delta and plan the three backward kernels:
+    ``(grad_qkv, [KernelLaunch])``."""
+    n, h, s, head_dim = _attention_geometry(_ATTN_BWD, qkv)
+    for name, t, shape in (("grad_out", grad_out, (n, s, h * head_dim)),
+                           ("out", out, (n, s, h * head_dim)), ("lse", lse, (n, h, s))):
+        if t.shape != shape:
+            raise ValueError(f"{_ATTN_BWD}: {name} has shape {tuple(t.shape)}, expected {shape}")
+    lse_dtype = torch.float64 if qkv.dtype == torch.float64 else torch.float32
+    if lse.dtype != lse_dtype or lse.device != qkv.device:
+        raise ValueError(f"{_ATTN_BWD}: lse is {lse.dtype} on {lse.device}, expected {lse_dtype} on "
+                         f"{qkv.device} (the second output of {_ATTN})")
+    grad_out, qkv, out, lse = grad_out.contiguous(), qkv.contiguous(), out.contiguous(), lse.contiguous()
+    nh = n * h
+    block_d = _block_d(head_dim)
+    delta = torch.empty_like(lse)
+    grad_qkv = torch.empty_like(qkv)
+    if qkv.numel() == 0:
+        return grad_qkv, []
+    out_strides = (s * h * head_dim, head_dim, h * head_dim)
+    common = dict(ACC_FP64=qkv.dtype == torch.float64, ALLOW_TF32=allow_tf32, BLOCK_D=block_d)
+    args = (nh, s, h, head_dim, nh * s * head_dim, *out_strides)
+    preprocess_rows = kernels.preprocess_block_rows(block_d)
+    grid = _attention_grid(s, nh)  # both kernels own BLOCK_M rows (keys for dK/dV, queries for dQ)
+    return grad_qkv, [
+        KernelLaunch(kernels.attention_bwd_preprocess_kernel,
+                     lambda meta: (triton.cdiv(nh * s, preprocess_rows),),
+                     (out, grad_out, delta, nh, s, h, head_dim, *out_strides),
+                     dict(BLOCK_M=preprocess_rows, BLOCK_D=block_d)),
+        KernelLaunch(kernels.attention_bwd_dkdv_kernel, grid,
+                     (qkv, grad_out, lse, delta, grad_qkv, *args), common),
+        KernelLaunch(kernels.attention_bwd_dq_kernel, grid,
+                     (qkv, grad_out, lse, delta, grad_qkv, *args), common),
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Implementations
+# ---------------------------------------------------------------------------------------
+
+
+def _qkv_projection_impl(x, weight, bias, num_heads, layout):
+    _check_tensors(_PROJ, x=x, weight=weight, bias=bias)
+    qkv, launches = qkv_projection_plan(x, weight, bias, num_heads, layout, _allow_tf32(x))
+    _run(launches, x)
+    return qkv
+
+
+def _qkv_projection_backward_impl(grad_qkv, x, weight, num_heads, layout):
+    dtype = _check_tensors(_PROJ_BWD, grad_qkv=grad_qkv, x=x, weight=weight)
+    (grad_x, grad_w_parts, grad_b_parts), launches = qkv_projection_backward_plan(
+        grad_qkv, x, weight, num_heads, layout, _allow_tf32(x), _sm_count(x.device))
+    if x.numel() == 0:
+        return grad_x, torch.zeros_like(weight), weight.new_zeros((weight.shape[0],))
+    _run(launches, x)
+    grad_weight = grad_w_parts.sum(0).view(weight.shape).to(dtype)
     grad_bias = grad_b_parts.sum(0).to(dtype)
     return grad_x, grad_weight, grad_bias
 
@@ -217,65 +335,16 @@ def _attention_geometry(kernel, qkv):
 
 
 def _attention_impl(qkv):
-    dtype = _check_tensors(_ATTN, qkv=qkv)
-    n, h, s, head_dim = _attention_geometry(_ATTN, qkv)
-    qkv = qkv.contiguous()
-    out = qkv.new_empty((n, s, h * head_dim))
-    lse_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    lse = qkv.new_empty((n, h, s), dtype=lse_dtype)
-    if qkv.numel() == 0:
-        return out, lse
-    nh = n * h
-
-    def grid(meta):
-        pack = max(1, meta["BLOCK_M"] // s)
-        return (triton.cdiv(min(pack, nh) * s, meta["BLOCK_M"]), triton.cdiv(nh, pack))
-
-    with _device_guard(qkv):
-        _launch(kernels.attention_fwd_kernel)[grid](
-            qkv, out, lse,
-            nh, s, h, head_dim, nh * s * head_dim, s * h * head_dim, head_dim, h * head_dim,
-            ACC_FP64=dtype == torch.float64, ALLOW_TF32=_allow_tf32(qkv),
-            BLOCK_D=_block_d(head_dim),
-        )
+    _check_tensors(_ATTN, qkv=qkv)
+    (out, lse), launches = attention_plan(qkv, _allow_tf32(qkv))
+    _run(launches, qkv)
     return out, lse
 
 
 def _attention_backward_impl(grad_out, qkv, out, lse):
-    dtype = _check_tensors(_ATTN_BWD, grad_out=grad_out, qkv=qkv, out=out)
-    n, h, s, head_dim = _attention_geometry(_ATTN_BWD, qkv)
-    for name, t, shape in (("grad_out", grad_out, (n, s, h * head_dim)),
-                           ("out", out, (n, s, h * head_dim)), ("lse", lse, (n, h, s))):
-        if t.shape != shape:
-            raise ValueError(f"{_ATTN_BWD}: {name} has shape {tuple(t.shape)}, expected {shape}")
-    lse_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    if lse.dtype != lse_dtype or lse.device != qkv.device:
-        raise ValueError(f"{_ATTN_BWD}: lse is {lse.dtype} on {lse.device}, expected {lse_dtype} on "
-                         f"{qkv.device} (the second output of {_ATTN})")
-    grad_out, qkv, out, lse = grad_out.contiguous(), qkv.contiguous(), out.contiguous(), lse.contiguous()
-    nh = n * h
-    block_d = _block_d(head_dim)
-    delta = torch.empty_like(lse)
-    grad_qkv = torch.empty_like(qkv)
-    if qkv.numel() == 0:
-        return grad_qkv
-    out_strides = (s * h * head_dim, head_dim, h * head_dim)
-    common = dict(ACC_FP64=dtype == torch.float64, ALLOW_TF32=_allow_tf32(qkv), BLOCK_D=block_d)
-    args = (nh, s, h, head_dim, nh * s * head_dim, *out_strides)
-    preprocess_rows = kernels.preprocess_block_rows(block_d)
-
-    def grid(meta):  # both kernels own BLOCK_M rows (keys for dK/dV, queries for dQ)
-        pack = max(1, meta["BLOCK_M"] // s)
-        return (triton.cdiv(min(pack, nh) * s, meta["BLOCK_M"]), triton.cdiv(nh, pack))
-
-    with _device_guard(qkv):
-        _launch(kernels.attention_bwd_preprocess_kernel)[(triton.cdiv(nh * s, preprocess_rows),)](
-            out, grad_out, delta, nh, s, h, head_dim, *out_strides,
-            BLOCK_M=preprocess_rows, BLOCK_D=block_d)
-        _launch(kernels.attention_bwd_dkdv_kernel)[grid](
-            qkv, grad_out, lse, delta, grad_qkv, *args, **common)
-        _launch(kernels.attention_bwd_dq_kernel)[grid](
-            qkv, grad_out, lse, delta, grad_qkv, *args, **common)
+    _check_tensors(_ATTN_BWD, grad_out=grad_out, qkv=qkv, out=out)
+    grad_qkv, launches = attention_backward_plan(grad_out, qkv, out, lse, _allow_tf32(qkv))
+    _run(launches, qkv)
     return grad_qkv
 
 
