@@ -11,7 +11,7 @@ export, bad input, that the kernels really run (and that gradients switch to the
 
 from __future__ import annotations
 
-import math
+import os
 import re
 import threading
 
@@ -26,7 +26,11 @@ from convformer_fast.backends import BACKENDS
 from convformer_fast.fast import DMHCSAFast
 from convformer_fast.fold import fold_qkv
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from conftest import FORWARD_TOL, assert_close, reference_qkv
+from test_reliability import configurations, random_model, resident_mb
 
 pytestmark = pytest.mark.skipif(not cf.extension_loaded(), reason=str(cf.EXTENSION_ERROR))
 
@@ -384,6 +388,40 @@ def test_python_limits_match_the_kernels():
     emulated().attention(random_qkv(1, 1, 3, limit))
     with pytest.raises(ValueError, match=f"attention: d_head = {limit + 1} exceeds the kernel's limit of {limit}"):
         emulated().attention(random_qkv(1, 1, 3, limit + 1))
+
+
+# Property test: tests/test_reliability.py's configurations (T 1-64, J 1-24, 1-4 kernel
+# sizes, 1-3 blocks per stage, heads 1/2/4, batch 1-5, fp32/fp64, inputs x1e-3/1/1e3), fewer
+# examples than the 200 there (each emulated forward costs ~50-500 ms here), eval only
+# (with gradients the backend is the torch path, tested there).
+@settings(max_examples=int(os.environ.get("CUDA_EMULATED_EXAMPLES", "10")), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(config=configurations(), batch=st.integers(1, 5), magnitude=st.sampled_from([1e-3, 1.0, 1e3]),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+def test_property_emulated_model_matches_eager(config, batch, magnitude, dtype, seed):
+    ref = random_model(config, dtype, seed).eval()
+    fast = cf.ConvFormerFast.from_reference(ref, backend="cuda_emulated")
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, config["num_frames"], config["num_joints"], 2, generator=gen, dtype=dtype) * magnitude
+    with torch.no_grad():
+        assert_close(fast(x), ref(x), FORWARD_TOL[dtype], f"eval {config}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_emulator_memory_stays_flat_over_many_launches():
+    """Each launch allocates its shared memory (~50 KiB here) and access records (4x that):
+    300 launches, half of them failing, must leave nothing behind (a leak would be ~75 MB)."""
+    qkv = random_qkv(1, 1, 1, 128, dtype=torch.float64)  # one block, the largest tiles
+    x = torch.randn(70)
+    for _ in range(20):
+        emulated().attention(qkv)
+    before = resident_mb()
+    for _ in range(150):
+        emulated().attention(qkv)
+        with pytest.raises(RuntimeError, match="data race"):
+            emulated().emulator_selftest(x, "missing_barrier")
+    growth = resident_mb() - before
+    assert growth < 8, f"grew {growth:.1f} MB over 300 launches"
 
 
 # ------------------------------------------------------------ opcheck, compile, export

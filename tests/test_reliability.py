@@ -30,6 +30,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # cover it; here it would dominate the run.
 CPU_BACKENDS = [name for name, info in cf.available_backends().items()
                 if info.available and "cpu" in info.devices and name not in ("eager", "triton")]
+# Emulations (cuda_emulated: real threads meeting at every barrier, ~0.5 ms each on 2 cores)
+# take ~50 ms per small forward: the 200-example property test and the 2,200-call memory
+# test run them through tests/test_cuda_emulated.py's smaller versions instead.
+FAST_CPU_BACKENDS = [name for name in CPU_BACKENDS if not cf.available_backends()[name].emulated]
 
 
 @st.composite
@@ -59,7 +63,7 @@ def random_model(config, dtype, seed):
     return model
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
 @given(config=configurations(), batch=st.integers(1, 5), magnitude=st.sampled_from([1e-3, 1.0, 1e3]),
        dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
 def test_every_backend_matches_eager(backend, config, batch, magnitude, dtype, seed):
@@ -169,7 +173,7 @@ def resident_mb() -> float:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("backend", FAST_CPU_BACKENDS)
 def test_memory_stays_flat_over_many_calls(backend):
     """2,000 inference calls (the fold cache must not grow with distinct inputs) and 200
     training steps keep the resident set flat after warm-up."""
