@@ -29,6 +29,18 @@ void expect(bool ok, const std::string& what) {
   if (!ok) ++failures;
 }
 
+// Launches on the emulator; a fault fails the test with the emulator's message.
+template <class Kernel>
+bool launched(int64_t blocks, size_t shared_bytes, const typename Kernel::Args& args) {
+  try {
+    cf::emulator::launch<Kernel>(blocks, shared_bytes, args);
+    return true;
+  } catch (const cf::emulator::KernelFault& fault) {
+    expect(false, std::string(Kernel::kName) + ": " + fault.what());
+    return false;
+  }
+}
+
 template <typename T>
 std::vector<T> random_vector(size_t n, std::mt19937& gen, double scale = 1.0) {
   std::normal_distribution<double> dist(0.0, scale);
@@ -88,8 +100,10 @@ void test_attention(int64_t batch, int heads, int tokens, int head_dim, double t
   std::vector<T> qkv(qkv64.begin(), qkv64.end());
   std::vector<T> out(batch * tokens * heads * head_dim), lse(batch * heads * tokens);
   using Kernel = cf::TiledAttentionKernel<T, T, kMaxHeadDim>;
-  cf::emulator::launch<Kernel>(s.blocks(), cf::AttentionSharedLayout<T>(s).bytes,
-                               typename Kernel::Args{qkv.data(), out.data(), lse.data(), s});
+  if (!launched<Kernel>(s.blocks(), cf::AttentionSharedLayout<T>(s).bytes,
+                        typename Kernel::Args{qkv.data(), out.data(), lse.data(), s})) {
+    return;
+  }
   std::vector<double> expected_out, expected_lse;
   reference_attention(qkv64, s, expected_out, expected_lse);
   double err = 0;
@@ -158,9 +172,11 @@ void test_spatial(int64_t frames, int joints, int features, int heads, int k, do
   s.kernel_size = k;
   s.frames_per_block = frames >= 8 ? 8 : static_cast<int>(frames);  // partial last block when frames % 8
   using Kernel = cf::SpatialAttentionResidualKernel<T, T, kMaxHeadDim>;
-  cf::emulator::launch<Kernel>(s.blocks(), cf::SpatialSharedLayout<T>(s).bytes,
-                               typename Kernel::Args{xt.data(), lnwt.data(), lnbt.data(), wt.data(), bt.data(),
-                                                     out.data(), 1e-5, s});
+  if (!launched<Kernel>(s.blocks(), cf::SpatialSharedLayout<T>(s).bytes,
+                        typename Kernel::Args{xt.data(), lnwt.data(), lnbt.data(), wt.data(), bt.data(), out.data(),
+                                              1e-5, s})) {
+    return;
+  }
   double err = 0;
   for (size_t i = 0; i < out.size(); ++i) err = std::max(err, std::abs(out[i] - expected[i]));
   expect(err < tol, "spatial " + std::string(sizeof(T) == 8 ? "fp64" : "fp32") + " frames=" + std::to_string(frames) +
