@@ -331,6 +331,23 @@ def test_model_in_inference_runs_every_layer_on_the_kernels():
     assert record.names == ["spatial_attention_residual"] * 2 + ["qkv_projection", "attention"] * 2
 
 
+def test_flop_count_equals_the_torch_backend():
+    """The kernels' FLOP formulas count what the exact fold does (convformer_fast/flops.py)."""
+    from convformer_fast.flops import flop_counter_flops
+
+    config = dict(num_frames=9, num_joints=17, embed_dim=16, kernel_sizes=(3, 7), num_heads=4)
+    counts = {}
+    for backend in ("torch", "cuda_emulated"):
+        torch.manual_seed(0)
+        model = cf.ConvFormerFast(**config, backend=backend).eval()
+        x = torch.randn(2, 9, 17, 2)
+        with torch.no_grad():
+            count = flop_counter_flops(lambda: model(x))
+        assert not count.uncounted
+        counts[backend] = count.total
+    assert counts["cuda_emulated"] == counts["torch"] > 0
+
+
 def test_gradients_take_the_torch_path():
     layer = randomized(DMHCSAFast("temporal", 9, 24, (3, 5), 2, backend="cuda_emulated")).train()
     ref = cf.DMHCSA("temporal", 9, 24, (3, 5), 2).train()
