@@ -65,7 +65,9 @@ def _extension():
     # runtime resolves to the libgomp.so.1 torch has already loaded.
     cxx = opt + ["-std=c++20", "-fvisibility=hidden", "-Wall", "-Wno-unused-function",
                  "-fno-trapping-math", "-fno-math-errno", "-fopenmp"]
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    # csrc/emulated/ runs the CUDA kernels' source on the CPU emulator: plain C++, always built.
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
+                     + glob.glob(os.path.join("csrc", "emulated", "*.cpp")))
     extra = {"cxx": cxx}
     ext_cls = CppExtension
     if with_cuda:

@@ -113,6 +113,9 @@ FOLDED_QKV = {
     "torch": _torch_folded_qkv,
     "cpu": lambda w, b, h, layout, x: ops.qkv_projection(x, w, b, h, layout),
     "triton": _triton_folded_qkv,
+    # the cuda backends' projection is cuDNN's (ATen's) convolution behind the same op
+    "cuda": lambda w, b, h, layout, x: ops.qkv_projection(x, w, b, h, layout),
+    "cuda_emulated": lambda w, b, h, layout, x: ops.kernel_ops(emulated=True).qkv_projection(x, w, b, h, layout),
 }
 
 

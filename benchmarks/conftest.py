@@ -7,7 +7,8 @@
     --bench-presets h36m-9,h36m-27,...   paper shapes (default h36m-9/27/81/243)
     --bench-batches 1,16                 batch 1 and a throughput batch
     --bench-backends eager,compile,...   implementations (default: eager, compile and every
-                                         available fast backend that runs on the CPU)
+                                         available fast backend that runs on the device; an
+                                         emulation such as cuda_emulated only in --smoke)
     --bench-compile-backend inductor     backend of the torch.compile baseline
     --bench-threads N                    torch.set_num_threads
     --bench-device cpu                   cpu, or cuda where a GPU is present (timed calls
@@ -63,7 +64,10 @@ def implementations(config) -> list[str]:
             if info.available and name != EAGER and device(config) in info.devices]
     chosen = config.getoption("--bench-backends")
     if not chosen:
-        return [EAGER, COMPILE] + fast
+        # Emulations (cuda_emulated) are not worth timing: only the smoke pass runs them,
+        # to check that every benchmark still works through them.
+        return [EAGER, COMPILE] + [name for name in fast
+                                   if is_smoke(config) or not cf.available_backends()[name].emulated]
     names = _split(chosen)
     unknown = [n for n in names if n not in [EAGER, COMPILE] + fast]
     if unknown:

@@ -31,8 +31,18 @@ AUTO = "auto"
 AUTO_ENV_VAR = "CONVFORMER_FAST_BACKEND"
 
 
-def _needs_autograd(block: ConvFormerBlock) -> bool:
-    return block.training or torch.is_grad_enabled()
+def _needs_grad(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
+    """Would autograd record this call (so an inference-only kernel must not serve it)?"""
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(p.requires_grad for m in modules for p in m.parameters())
+
+
+def _fusable_half(block: ConvFormerBlock, x: torch.Tensor, *modules: torch.nn.Module) -> bool:
+    """May an inference-only fused kernel (no backward, no random draws) serve this block
+    half? Not when autograd would record it, nor while a DropPath is active."""
+    drop_path_active = block.drop_path.training and block.drop_path.p > 0
+    return not drop_path_active and not _needs_grad(x, *modules)
 
 
 def merge_heads(out: torch.Tensor) -> torch.Tensor:
@@ -50,6 +60,8 @@ class Backend:
     # and gradients (what torch.use_deterministic_algorithms(True) asks for). Nothing is
     # assumed: a backend lists the devices it has checked.
     deterministic_devices: tuple[str, ...] = ()
+    #: Runs another device's kernels in a CPU emulation: for tests, not worth timing.
+    emulated: bool = False
 
     def unavailable_reason(self) -> str | None:
         """Why this backend cannot run in this environment, or None if it can."""
@@ -137,14 +149,15 @@ class CpuBackend(Backend):
     # The fused halves have no backward: they serve inference (eval, autograd off).
     def attention_residual(self, block, x):
         attn = block.attn
-        if attn.layout != SPATIAL or _needs_autograd(block):
+        if attn.layout != SPATIAL or not _fusable_half(block, x, block.norm1, attn):
             return super().attention_residual(block, x)
         _checks.check_tokens(x, attn.num_tokens, attn.num_features, type(attn).__name__)
         weight, bias = attn.folded_qkv()
-        return ops.spatial_attention_residual(x, block.norm1, weight, bias, attn.num_heads)
+        norm = block.norm1
+        return ops.spatial_attention_residual(x, norm.weight, norm.bias, norm.eps, weight, bias, attn.num_heads)
 
     def feed_forward_residual(self, block, x):
-        if _needs_autograd(block):
+        if not _fusable_half(block, x, block.norm2, block.mlp):
             return super().feed_forward_residual(block, x)
         return ops.feed_forward_residual(x, block.norm2, block.mlp[0], block.mlp[2])
 
@@ -184,14 +197,81 @@ class TritonBackend(Backend):
         return triton_backend.load_ops().dmhcsa(x, weight, bias, module.num_heads, module.layout)
 
 
-class PlannedBackend(Backend):
-    """A backend of the design (ARCHITECTURE.md section 3) that this version does not ship."""
+class CudaKernelsBackend(Backend):
+    """The hand-written CUDA kernels of kernels/, inference only; shared by ``cuda`` (CUDA
+    tensors, ``torch.ops.convformer_fast``) and ``cuda_emulated`` (CPU tensors: the same
+    kernel source and host code run by the CPU emulator, ``torch.ops.convformer_fast_emulated``).
 
-    def __init__(self, name: str, description: str):
-        self.name, self.description = name, description
+    * Spatial block halves in inference: LayerNorm -> folded conv-QKV -> attention ->
+      residual add in ONE kernel (``spatial_attention_residual``).
+    * Any DMHCSA layer (the temporal ones inside blocks): the folded conv-QKV through ATen's
+      convolution (cuDNN), then the tiled online-softmax ``attention`` kernel.
+    * Whenever autograd would record the call, or a DropPath is active, or a layer is beyond
+      the kernels' limits (d_head above 64 spatial, 32 in fp64, / 128 otherwise), the layer runs the
+      exact-fold ``torch`` path instead (the kernels have no backward).
+    """
+
+    dtypes = FLOAT_DTYPES
+    #: Largest head dim of each kernel (csrc/kernel_ops.h; tests/test_cuda_emulated.py checks them).
+    SPATIAL_MAX_HEAD_DIM = 64
+    SPATIAL_MAX_HEAD_DIM_FP64 = 32  # registers: a thread's query and output rows of doubles
+    ATTENTION_MAX_HEAD_DIM = 128
+
+    def spatial_max_head_dim(self, dtype: torch.dtype) -> int:
+        return self.SPATIAL_MAX_HEAD_DIM_FP64 if dtype == torch.float64 else self.SPATIAL_MAX_HEAD_DIM
+
+    def _ops(self):
+        return ops.kernel_ops(self.emulated)
+
+    def attention(self, module, x):
+        if _needs_grad(x, module) or module.head_dim > self.ATTENTION_MAX_HEAD_DIM:
+            return BACKENDS["torch"].attention(module, x)
+        weight, bias = module.folded_qkv()
+        kernels = self._ops()
+        qkv = kernels.qkv_projection(x, weight, bias, module.num_heads, module.layout)
+        return kernels.attention(qkv)[0]
+
+    def attention_residual(self, block, x):
+        attn, norm = block.attn, block.norm1
+        fused = (attn.layout == SPATIAL and attn.head_dim <= self.spatial_max_head_dim(x.dtype)
+                 and norm.weight is not None and norm.bias is not None
+                 and _fusable_half(block, x, norm, attn))
+        if not fused:  # temporal layers reach self.attention through block.attn
+            return super().attention_residual(block, x)
+        weight, bias = attn.folded_qkv()
+        return self._ops().spatial_attention_residual(x, norm.weight, norm.bias, norm.eps, weight, bias,
+                                                      attn.num_heads)
+
+
+class CudaBackend(CudaKernelsBackend):
+    name = "cuda"
+    description = ("hand-written CUDA kernels (kernels/): fused LayerNorm + folded conv-QKV + attention "
+                   "+ residual for spatial layers, cuDNN conv-QKV + tiled online-softmax attention for "
+                   "temporal ones; inference only (gradients take the torch path)")
+    devices = ("cuda",)
 
     def unavailable_reason(self):
-        return f"the {self.name!r} backend is not part of this version yet"
+        if EXTENSION_ERROR:
+            return EXTENSION_ERROR
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(
+                "convformer_fast::spatial_attention_residual", "CUDA"):
+            return ("convformer_fast._C was built without its CUDA kernels (build where nvcc is "
+                    "found, or with FORCE_CUDA=1)")
+        if not torch.cuda.is_available():
+            return "no CUDA device (torch.cuda.is_available() is False)"
+        return None
+
+
+class CudaEmulatedBackend(CudaKernelsBackend):
+    name = "cuda_emulated"
+    description = ("the cuda backend's kernel source and host code on CPU tensors, run by the CPU "
+                   "emulator with shared-memory bounds, uninitialised-read and race checks (slow: "
+                   "for tests and debugging); inference only (gradients take the torch path)")
+    devices = ("cpu",)
+    emulated = True
+
+    def unavailable_reason(self):
+        return EXTENSION_ERROR
 
 
 BACKENDS: dict[str, Backend] = {
@@ -201,8 +281,8 @@ BACKENDS: dict[str, Backend] = {
         TorchBackend(),
         CpuBackend(),
         TritonBackend(),
-        PlannedBackend("cuda", "hand-written CUDA kernels"),
-        PlannedBackend("cuda_emulated", "the CUDA kernel source run on the CPU by an emulator"),
+        CudaBackend(),
+        CudaEmulatedBackend(),
     )
 }
 BACKEND_NAMES = (AUTO,) + tuple(BACKENDS)
@@ -218,6 +298,7 @@ class BackendInfo:
     devices: tuple[str, ...]
     description: str
     deterministic_devices: tuple[str, ...]  # those of `devices` where it is deterministic
+    emulated: bool = False  # an emulation for tests: left out of default benchmarks
 
 
 def available_backends() -> dict[str, BackendInfo]:
@@ -227,7 +308,7 @@ def available_backends() -> dict[str, BackendInfo]:
         reason = backend.unavailable_reason()
         deterministic = tuple(d for d in backend.devices if d in backend.deterministic_devices)
         infos[name] = BackendInfo(name, reason is None, reason or "", backend.devices, backend.description,
-                                  deterministic)
+                                  deterministic, backend.emulated)
     return infos
 
 

@@ -75,7 +75,7 @@ def cmd_check(args) -> int:
     with torch.inference_mode():
         expected = reference(x)
     print(f"{args.preset}: batch {args.batch}, output {tuple(expected.shape)}, fp32, eval")
-    print(f"{'backend':<10} {'max |fast - eager|':>20}")
+    print(f"{'backend':<14} {'max |fast - eager|':>20}")
     worst = 0.0
     for name, info in available_backends().items():
         if not info.available or "cpu" not in info.devices:
@@ -84,7 +84,7 @@ def cmd_check(args) -> int:
         with torch.inference_mode():
             deviation = (fast(x) - expected).abs().max().item()
         worst = max(worst, deviation)
-        print(f"{name:<10} {deviation:>20.3e}")
+        print(f"{name:<14} {deviation:>20.3e}")
     skipped = [n for n, i in available_backends().items() if not i.available]
     if skipped:
         print(f"not run (unavailable here): {', '.join(skipped)}")

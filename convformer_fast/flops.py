@@ -81,7 +81,11 @@ def _qkv_projection_macs(x: Shape, weight: Shape, layout: str) -> int:
     return n * out_channels * in_channels * k * length
 
 
-@flop_formula(f"{NAMESPACE}::qkv_projection", f"{NAMESPACE}::triton_qkv_projection")
+EMULATED_NAMESPACE = "convformer_fast_emulated"  # the CUDA kernels' ops on the CPU emulator
+
+
+@flop_formula(f"{NAMESPACE}::qkv_projection", f"{NAMESPACE}::triton_qkv_projection",
+              f"{EMULATED_NAMESPACE}::qkv_projection")
 def _qkv_projection(call: OpCall) -> int:
     # Counted as the folded convolution it computes, also when the CPU runs it through
     # Winograd (csrc/cpu/winograd.h), which executes fewer: "FLOPs of the folded model".
@@ -104,7 +108,7 @@ def _winograd_weight(call: OpCall) -> int:
     return (tile + k - 1) * out_channels * in_channels * k
 
 
-@flop_formula(f"{NAMESPACE}::spatial_attention_residual")
+@flop_formula(f"{NAMESPACE}::spatial_attention_residual", f"{EMULATED_NAMESPACE}::spatial_attention_residual")
 def _spatial_attention_residual(call: OpCall) -> int:
     """The folded projection and the attention of a spatial layer (LayerNorm and the
     residual add are not multiply-adds)."""
@@ -132,7 +136,8 @@ def _attention_backward_macs(batch_heads: int, s_q: int, s_k: int, d_qk: int, d_
     return batch_heads * s_q * s_k * (3 * d_qk + 2 * d_v)
 
 
-@flop_formula(f"{NAMESPACE}::attention", f"{NAMESPACE}::triton_attention")
+@flop_formula(f"{NAMESPACE}::attention", f"{NAMESPACE}::triton_attention",
+              f"{EMULATED_NAMESPACE}::attention")
 def _fused_attention(call: OpCall) -> int:
     _three, n, h, s, d = call.args[0]  # qkv (3, N, h, S, d)
     return _attention_macs(n * h, s, s, d, d)

@@ -82,17 +82,35 @@ def attention(qkv: torch.Tensor) -> torch.Tensor:
     return torch.ops.convformer_fast.attention(qkv)[0]
 
 
-def spatial_attention_residual(x: torch.Tensor, norm: torch.nn.LayerNorm, weight: torch.Tensor,
-                               bias: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """``x + DMHCSA(norm(x))`` for a spatial layer, fused (inference only: no autograd).
+#: Namespace of the ops the CUDA kernels (kernels/) serve, run on CPU tensors by the
+#: emulator (backend="cuda_emulated"): same op names and schemas as in convformer_fast.
+EMULATED_NAMESPACE = "convformer_fast_emulated"
 
-    x (N, J, F); weight (3F, F, k) and bias (3F,) the folded projection. Each chunk of frames
-    is normalised, projected, attended and added back without leaving the core's cache.
-    """
+
+def kernel_ops(emulated: bool):
+    """The ops of the CUDA kernels: ``torch.ops.convformer_fast`` (CUDA tensors) or, with
+    ``emulated=True``, ``torch.ops.convformer_fast_emulated`` (the same kernel source and host
+    code on CPU tensors, through the emulator: slow, for tests and debugging)."""
     if not extension_loaded():
-        raise RuntimeError(f"spatial_attention_residual: {EXTENSION_ERROR}")
-    return torch.ops.convformer_fast.spatial_attention_residual(x, norm.weight, norm.bias, norm.eps, weight,
-                                                                bias, num_heads)
+        raise RuntimeError(f"kernel_ops: {EXTENSION_ERROR}")
+    return getattr(torch.ops, EMULATED_NAMESPACE) if emulated else torch.ops.convformer_fast
+
+
+def spatial_attention_residual(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+                               eps: float, weight: torch.Tensor, bias: torch.Tensor, num_heads: int,
+                               *, emulated: bool = False) -> torch.Tensor:
+    """The spatial half of a ConvFormer block in one kernel, inference only:
+    ``x + DMHCSA(LayerNorm(x))`` (paper eq. 8 without DropPath).
+
+    x (N, J, d) (frames of joints); norm_weight, norm_bias (d,) and eps of the LayerNorm;
+    weight (3d, d, k) and bias (3d,) of the folded conv-QKV (:func:`convformer_fast.fold.fold_qkv`).
+    On CPU tensors the cpu backend's kernel serves it (each chunk of frames normalised,
+    projected, attended and added back without leaving the core's cache); on CUDA tensors
+    the CUDA kernel; on CPU tensors with ``emulated=True`` the CUDA kernel run by the
+    emulator. There is no backward.
+    """
+    return kernel_ops(emulated).spatial_attention_residual(x, norm_weight, norm_bias, eps, weight, bias,
+                                                           num_heads)
 
 
 def feed_forward_residual(x: torch.Tensor, norm: torch.nn.LayerNorm, fc1: torch.nn.Linear,
@@ -145,14 +163,6 @@ def _register() -> None:
         _, n, h, s, d = qkv.shape
         return qkv.new_empty((n, s, h * d)), qkv.new_empty((n, h, s))
 
-    @torch.library.register_fake(lib + "spatial_attention_residual")
-    def _spatial_attention_residual_fake(x, norm_weight, norm_bias, eps, weight, bias, num_heads):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-    @torch.library.register_fake(lib + "feed_forward_residual")
-    def _feed_forward_residual_fake(x, norm_weight, norm_bias, eps, w1, b1, w2, b2):
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
-
     @torch.library.register_fake(lib + "attention_backward")
     def _attention_backward_fake(grad_out, qkv, out, lse):
         return qkv.new_empty(qkv.shape)
@@ -169,6 +179,39 @@ def _register() -> None:
 
     torch.library.register_autograd(lib + "attention", attention_backward,
                                     setup_context=attention_setup_context)
+
+    # The fused block halves (inference only) and the CUDA kernels' ops in the emulated
+    # namespace, whose qkv_projection and attention share the fake kernels above.
+    emulated = EMULATED_NAMESPACE + "::"
+
+    def _spatial_attention_residual_fake(x, norm_weight, norm_bias, eps, weight, bias, num_heads):
+        torch._check(x.dim() == 3, lambda: "spatial_attention_residual: x must be (N, J, d)")
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    def _inference_only(name):
+        def backward(ctx, *grads):
+            raise RuntimeError(
+                f"{name} is an inference kernel and has no backward: the backends compute "
+                "gradients on an unfused path (they switch to it whenever gradients are needed)")
+        return backward
+
+    @torch.library.register_fake(lib + "feed_forward_residual")
+    def _feed_forward_residual_fake(x, norm_weight, norm_bias, eps, w1, b1, w2, b2):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    torch.library.register_autograd(lib + "feed_forward_residual", _inference_only(lib + "feed_forward_residual"))
+
+    for op in (lib + "spatial_attention_residual", emulated + "spatial_attention_residual"):
+        torch.library.register_fake(op)(_spatial_attention_residual_fake)
+        torch.library.register_autograd(op, _inference_only(op))
+    torch.library.register_fake(emulated + "qkv_projection")(_qkv_projection_fake)
+    torch.library.register_autograd(emulated + "qkv_projection", backward, setup_context=setup_context)
+    torch.library.register_fake(emulated + "attention")(_attention_fake)
+    torch.library.register_autograd(emulated + "attention", _inference_only(emulated + "attention"))
+
+    @torch.library.register_fake(emulated + "emulator_selftest")
+    def _emulator_selftest_fake(x, fault):
+        return torch.empty_like(x), x.new_empty(((x.shape[0] + 31) // 32,))
 
 
 if extension_loaded():

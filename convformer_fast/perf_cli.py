@@ -62,6 +62,14 @@ def usable_backends(device: str) -> list[str]:
             if info.available and device in info.devices]
 
 
+def default_bench_backends(device: str) -> list[str]:
+    """What ``bench`` times unless told: every usable backend but emulations (cuda_emulated
+    runs the CUDA kernels on the CPU for tests; its time says nothing). ``--backends``
+    still accepts them."""
+    emulated = {name for name, info in available_backends().items() if info.emulated}
+    return [name for name in usable_backends(device) if name not in emulated]
+
+
 def parse_device(value: str) -> str:
     if value == "cpu":
         return value
@@ -116,7 +124,7 @@ def cmd_bench(args) -> int:
         device = parse_device(args.device)
         presets = parse_presets(args.preset, "h36m-243")
         dtype = parse_dtype(args.dtype)
-        default = [EAGER, COMPILE] + [b for b in usable_backends(device) if b != EAGER]
+        default = [EAGER, COMPILE] + [b for b in default_bench_backends(device) if b != EAGER]
         names = _split(args.backends) or default
         backends = list(dict.fromkeys(check_backend(n, device, (COMPILE,)) for n in names))
         compilers = torch.compiler.list_backends(exclude_tags=())
