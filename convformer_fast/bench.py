@@ -152,7 +152,10 @@ def count_step_flops(name: str, model, x, settings: BenchSettings, eager_flops: 
     else:
         # no_grad, not inference_mode: under inference_mode composite ops reach the counter
         # undecomposed and are missed.
+        # One call first: a fresh copy builds its per-layer caches (folded and Winograd
+        # weights) on its first call, which the timed calls reuse, so count a later one.
         with torch.no_grad():
+            probe(x)
             count = flop_counter_flops(lambda: probe(x))
     source = "FlopCounterMode"
     if count.uncounted:
