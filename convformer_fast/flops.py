@@ -30,6 +30,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .ops import EMULATED_NAMESPACE  # the CUDA kernels' ops on the CPU emulator
+
 NAMESPACE = "convformer_fast"
 
 Shape = tuple[int, ...]
@@ -79,9 +81,6 @@ def _qkv_projection_macs(x: Shape, weight: Shape, layout: str) -> int:
         raise ValueError(f"qkv_projection formula: layout {layout!r} unknown (untraceable?)")
     length = s if layout == "spatial" else f
     return n * out_channels * in_channels * k * length
-
-
-EMULATED_NAMESPACE = "convformer_fast_emulated"  # the CUDA kernels' ops on the CPU emulator
 
 
 @flop_formula(f"{NAMESPACE}::qkv_projection", f"{NAMESPACE}::triton_qkv_projection",

@@ -14,6 +14,7 @@
 #include <ATen/OpMathType.h>
 
 #include <algorithm>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -33,9 +34,10 @@ constexpr int kSpatialHeadDimBuckets[] = {8, 32, 64};
 // doubles are all 255 registers a thread may have (that build spilled ~160 B on sm_80/90).
 constexpr int kSpatialHeadDimBucketsFp64[] = {8, 32};
 constexpr int kAttentionHeadDimBuckets[] = {16, 32, 72, 128};  // 72: the paper's d_head = 68
-constexpr int kSpatialMaxHeadDim = 64;
-constexpr int kSpatialMaxHeadDimFp64 = 32;
-constexpr int kAttentionMaxHeadDim = 128;
+// Each kernel's limit is its largest bucket.
+constexpr int kSpatialMaxHeadDim = std::end(kSpatialHeadDimBuckets)[-1];
+constexpr int kSpatialMaxHeadDimFp64 = std::end(kSpatialHeadDimBucketsFp64)[-1];
+constexpr int kAttentionMaxHeadDim = std::end(kAttentionHeadDimBuckets)[-1];
 // A block may use 48 KiB of dynamic shared memory without opting in; beyond that (up to the
 // device's opt-in limit) the CUDA launcher raises the kernel's limit first.
 constexpr size_t kDefaultSharedMemory = 48 * 1024;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 import torch
@@ -59,3 +60,12 @@ def reference_qkv(x, weight, bias, num_heads, layout):
         return y.view(n, 3, num_heads, f // num_heads, s).permute(1, 0, 2, 4, 3)
     y = F.conv1d(x, weight, bias, padding=pad)  # (N, 3S, F)
     return y.view(n, 3, s, num_heads, f // num_heads).permute(1, 0, 3, 2, 4)
+
+
+def run_concurrently(worker, count: int) -> None:
+    """Run ``worker`` on ``count`` threads at once and wait for all of them."""
+    threads = [threading.Thread(target=worker) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 
 import pytest
 import torch
@@ -29,7 +28,7 @@ from convformer_fast.fold import fold_qkv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FORWARD_TOL, assert_close, reference_qkv
+from conftest import FORWARD_TOL, assert_close, reference_qkv, run_concurrently
 from test_reliability import DTYPES, MAGNITUDES, assert_close_normwise, model_examples, random_model, resident_mb
 
 pytestmark = pytest.mark.skipif(not cf.extension_loaded(), reason=str(cf.EXTENSION_ERROR))
@@ -131,11 +130,7 @@ def test_emulator_serialises_launches_from_threads():
         except Exception as error:  # noqa: BLE001 (reported below)
             errors.append(error)
 
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(worker, 3)
     assert not errors and len(results) == 9
     assert all(torch.equal(r, expected) for r in results)  # deterministic, not torn
 

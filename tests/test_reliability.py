@@ -71,7 +71,7 @@ import convformer_fast as cf
 from convformer_fast import backends
 from convformer_fast.fast import ConvFormerBlockFast, DMHCSAFast
 
-from conftest import FORWARD_TOL, GRAD_TOL, assert_close
+from conftest import FORWARD_TOL, GRAD_TOL, assert_close, run_concurrently
 
 TESTS_DIR = Path(__file__).resolve().parent
 REGRESSION_DB = TESTS_DIR / "hypothesis-db"
@@ -499,11 +499,7 @@ def test_fold_cache_under_threads(backend):
                 if not torch.allclose(out, expected, rtol=1e-4, atol=1e-5):
                     failures.append(round_)
 
-        threads = [threading.Thread(target=worker) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_concurrently(worker, 2)
     assert not failures, f"stale or torn fold in rounds {sorted(set(failures))}"
 
 
