@@ -111,11 +111,15 @@ class KeepFailures(ExampleDatabase):
 
 
 CI_SEED = 20261130
+# Both profiles name their parent and derandomize=False: with a CI environment variable
+# set, hypothesis makes its own built-in "ci" profile (derandomize=True, no database) the
+# default that a profile without a parent inherits, and derandomize would drop the
+# regression database.
 settings.register_profile(
-    "ci", deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow],
+    "ci", parent=settings.get_profile("default"), derandomize=False, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow],
     database=ReadOnlyDatabase(DirectoryBasedExampleDatabase(REGRESSION_DB)))
 settings.register_profile(
-    "long", deadline=None, suppress_health_check=[HealthCheck.too_slow],
+    "long", parent=settings.get_profile("default"), derandomize=False, deadline=None, suppress_health_check=[HealthCheck.too_slow],
     database=KeepFailures(DirectoryBasedExampleDatabase(REGRESSION_DB),
                           DirectoryBasedExampleDatabase(SCRATCH_DB)))
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
