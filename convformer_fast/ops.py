@@ -31,11 +31,13 @@ def qkv_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, nu
 
 
 # Winograd F(m, k) pays off when its alpha = m + k - 1 point GEMMs contract over enough
-# channels (C = T frames) to run at BLAS speed and to outweigh the transforms: at T = 243 the
-# projection ran 1.8x faster than oneDNN's convolution, at T = 81 (batch 16) no faster, so
-# shorter windows stay on the direct convolution. alpha is capped at 10 (numerical error).
+# channels (C = T frames) to run at BLAS speed and to outweigh the transforms. Against
+# oneDNN's convolution, F(4, 7) ran 1.5-1.8x faster at T = 243 (batch 1), 1.05-1.3x at T = 81
+# (batch 16; 1.25x at batch 4) over several alternating runs, but 1.3x slower at T = 27 and
+# 1.6x slower at T = 9 (batch 256): shorter windows stay on the direct convolution. alpha is
+# capped at 10 (numerical error).
 WINOGRAD_MAX_POINTS = 10
-WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_CHANNELS = 64
 
 
 def winograd_tile(kernel_size: int, channels: int) -> int:

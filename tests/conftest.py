@@ -28,7 +28,8 @@ MODEL_CONFIGS = {
     "t5_j17_single": dict(num_frames=5, num_joints=17, embed_dim=8, kernel_sizes=(3,), num_heads=2),
     "t3_j5_onehead": dict(num_frames=3, num_joints=5, embed_dim=4, kernel_sizes=(11, 1), num_heads=1,
                           spatial_depth=1, temporal_depth=3),
-    # >= 128 frames: the cpu backend computes the temporal projection with Winograd F(4, 7).
+    # >= ops.WINOGRAD_MIN_CHANNELS (64) frames: the cpu backend computes the temporal
+    # projection with Winograd F(4, 7).
     "t129_j3_winograd": dict(num_frames=129, num_joints=3, embed_dim=4, kernel_sizes=(3, 7), num_heads=2,
                             spatial_depth=1, temporal_depth=1),
 }

@@ -182,8 +182,12 @@ def reference_spatial_attention_residual(x, norm_weight, norm_bias, eps, weight,
     return x + out.transpose(1, 2).reshape(x.shape)
 
 
-# (N, J, F, heads, k): N = 50 spans several chunks of frames with a remainder.
-SPATIAL_BLOCK_SHAPES = [(50, 17, 32, 8, 7), (3, 15, 8, 2, 3), (1, 17, 16, 1, 1), (2, 5, 4, 4, 11)]
+# (N, J, F, heads, k): N = 50 spans several chunks of frames with a remainder. Heads a
+# multiple of 8 take the heads-in-lanes attention (csrc/cpu/attention_impl.h): one and two
+# head groups, d_head 4, 5 and 8 (whole and partial groups of 4 FMA chains), J = 17, 15
+# and 1; other head counts the per-head query-major kernel.
+SPATIAL_BLOCK_SHAPES = [(50, 17, 32, 8, 7), (3, 15, 8, 2, 3), (1, 17, 16, 1, 1), (2, 5, 4, 4, 11),
+                        (4, 15, 128, 16, 5), (3, 17, 40, 8, 3), (2, 1, 8, 8, 1)]
 
 
 def spatial_block_args(n, j, f, heads, k, dtype=torch.float32):
@@ -203,12 +207,13 @@ def test_spatial_attention_residual_matches_composition(shape, dtype, tol):
                                    reference_spatial_attention_residual(*args), rtol=tol[0], atol=tol[1])
 
 
-def test_spatial_attention_residual_opcheck_and_edges():
-    x, *rest = spatial_block_args(*SPATIAL_BLOCK_SHAPES[1])
+@pytest.mark.parametrize("shape", [SPATIAL_BLOCK_SHAPES[1], SPATIAL_BLOCK_SHAPES[5]], ids=str)
+def test_spatial_attention_residual_opcheck_and_edges(shape):
+    x, *rest = spatial_block_args(*shape)
     op = torch.ops.convformer_fast.spatial_attention_residual.default
     torch.library.opcheck(op, (x, *rest))
     with torch.no_grad():
-        assert ops.spatial_attention_residual(x[:0], *rest).shape == (0, 15, 8)
+        assert ops.spatial_attention_residual(x[:0], *rest).shape == (0, *shape[1:3])
         x = x.clone()
         x[1, 3, 0] = float("nan")
         out = ops.spatial_attention_residual(x, *rest)
@@ -357,7 +362,11 @@ def test_qkv_projection_cuda(shape, monkeypatch):
 # ----------------------------------------------------------------------------- attention
 # (N, h, S, d): spatial heads (J = 15/17, d = 4), temporal heads (odd T, d = 68), T = 351
 # (the largest receptive field the issue names), one token.
-ATTENTION_SHAPES = [(5, 8, 17, 4), (3, 2, 15, 4), (1, 8, 27, 68), (2, 1, 9, 68), (1, 2, 351, 16), (2, 3, 1, 8)]
+# (N, h, S, d_head). S <= 128 runs the query-major kernel in blocks of at most 4 vectors of
+# queries (32 in fp32 on AVX2, 16 in the 4-lane build that fp64 uses): 81, 33 and 128 take
+# several blocks, the last one partial; odd d_head exercises its pairs-of-features remainder.
+ATTENTION_SHAPES = [(5, 8, 17, 4), (3, 2, 15, 4), (1, 8, 27, 68), (2, 1, 9, 68), (1, 2, 351, 16), (2, 3, 1, 8),
+                    (2, 3, 81, 68), (1, 1, 33, 3), (1, 2, 128, 5)]
 
 
 def reference_attention(qkv):

@@ -31,9 +31,18 @@ struct AttentionShape {
 };
 
 // softmax(Q K^T / sqrt(d)) V of every (sample, head) of qkv into out (N, S, h*d), with the
-// row log-sum-exp in lse (N, h, S); the CPU's best build (avx2.h). float and double.
+// row log-sum-exp in lse (N, h, S) unless lse is null (inference: no backward to feed it);
+// the CPU's best build (avx2.h). float and double.
 template <typename T>
 void run_attention_forward(const T* qkv, T* out, T* lse, const AttentionShape& s);
+
+// The fused spatial block's attention + residual with the heads in vector lanes, for
+// `frames` frames of J joints; qkv_rows (frames J, 3F) in [which][e][head] column order
+// (attention_impl.h). Single-threaded (called per chunk). heads % kHeadLanes == 0.
+constexpr int64_t kHeadLanes = 8;  // a multiple of every build's lanes per vector
+template <typename T>
+void run_attention_residual_heads_in_lanes(const T* qkv_rows, const T* x, T* out, int64_t frames, int64_t J,
+                                           int64_t heads, int64_t head_dim);
 
 // Its gradient w.r.t. qkv into grad_qkv, a contiguous (3, N, h, S, d).
 template <typename T>

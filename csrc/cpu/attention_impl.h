@@ -1,5 +1,5 @@
 // Per-head attention kernels, templated on the element type. This file is included INSIDE a
-// namespace by attention_kernel.cpp (baseline) and attention_kernel_avx2.cpp (AVX2 + FMA),
+// namespace by attention_kernel.cpp (baseline) and kernels_avx2.cpp (AVX2 + FMA),
 // after every header it needs, so it has no #include of its own and no include guard.
 // Needs: attention.h, gemm.h, scratch.h, <ATen/Parallel.h>, <cmath>, <cstring>, <limits>, and
 // fast_exp.h then simd.h included in the same namespace just before it.
@@ -13,6 +13,8 @@
 //   results are dropped.
 // * long heads (temporal, S up to 351, d_head up to 128) put their S x S products on BLAS
 //   and keep the S x S scores of one head in a per-thread buffer.
+// Plus, for the fused spatial block (inference only), attention with the HEADS in vector
+// lanes (attention_residual_heads_in_lanes below).
 
 // Short heads pad their query axis to P = NV * kVec lanes (simd.h), NV a compile-time
 // constant, so one row of P lanes is NV vector registers.
@@ -58,53 +60,116 @@ void token_row(const T* m, int64_t j, const AttentionShape& s, const T* cols, Ve
   }
 }
 
+// token_row for tokens j and j + 1 at once: each loaded query vector feeds two independent
+// FMA chains, so the loop is bound by the FMA units rather than by loads or FMA latency.
+template <typename T, int64_t NV>
+void token_row_pair(const T* m, int64_t j, const AttentionShape& s, const T* cols, Vec<T> (&acc0)[NV],
+                    Vec<T> (&acc1)[NV]) {
+  for (int64_t v = 0; v < NV; ++v) acc0[v] = acc1[v] = Vec<T>{};
+  for (int64_t e = 0; e < s.head_dim; ++e) {
+    const Vec<T> w0 = broadcast(m[s.at(j, e)]), w1 = broadcast(m[s.at(j + 1, e)]);
+    const T* c = cols + e * NV * kVec;
+    for (int64_t v = 0; v < NV; ++v) {
+      const Vec<T> x = load(c + v * kVec);
+      acc0[v] += w0 * x;
+      acc1[v] += w1 * x;
+    }
+  }
+}
+
+// The forward of the short heads works on blocks of at most kMaxBlockVectors vectors of
+// queries: softmax rows are independent, and a block's Q^T and scores (d_head x P and S x P)
+// then stay in L1 for S <= 128. One padded row of all of a temporal head's 81 queries did
+// not: its loads came from L2.
+constexpr int64_t kMaxBlockVectors = 4;
+
+// lse may be null (inference callers that have no backward to feed).
 template <typename T, int64_t NV>
 void attention_forward_short(const T* qkv, T* out, T* lse, const AttentionShape& s, T scale) {
-  constexpr int64_t P = NV * kVec;
+  constexpr int64_t P = NV * kVec;  // query lanes per block
   const int64_t S = s.tokens, dh = s.head_dim, F = s.features();
   const int64_t grain = std::max<int64_t>(1, 4096 / (S * P * std::max<int64_t>(dh, 4)));
   at::parallel_for(0, s.batch * s.heads, grain, [&](int64_t begin, int64_t end) {
-    T* q_cols = scratch<T, 0>(dh * P);  // scale * Q^T
+    T* q_cols = scratch<T, 0>(dh * P);  // scale * Q^T of the block's queries
     T* probs = scratch<T, 1>(S * P);    // probs[j][i]: query i against key j, then exp
-    T* lanes = scratch<T, 2>(4 * P);    // 1 / sum, max, sum, and one output row
+    T* lanes = scratch<T, 2>(4 * P);    // 1 / sum, two output rows (later: sum), max
     for (int64_t item = begin; item < end; ++item) {
       const auto [n, head, q, k, v] = HeadInputs<T>(qkv, s, item);
-      gather_transposed<T, P>(q, s.stride_token, s.stride_dim, scale, q_cols, S, dh);
-      Vec<T> row[NV], col_max[NV], col_sum[NV];
-      for (int64_t u = 0; u < NV; ++u) col_max[u] = broadcast(-std::numeric_limits<T>::infinity());
-      for (int64_t j = 0; j < S; ++j) {
-        token_row<T, NV>(k, j, s, q_cols, row);
-        for (int64_t u = 0; u < NV; ++u) {
-          col_max[u] = lane_max(row[u], col_max[u]);
-          store(probs + j * P + u * kVec, row[u]);
+      for (int64_t q0 = 0; q0 < S; q0 += P) {
+        const int64_t rows = std::min(P, S - q0);
+        gather_transposed<T, P>(q + q0 * s.stride_token, s.stride_token, s.stride_dim, scale, q_cols, rows, dh);
+        Vec<T> col_max[NV], col_sum[NV];
+        for (int64_t u = 0; u < NV; ++u) col_max[u] = broadcast(-std::numeric_limits<T>::infinity());
+        int64_t j = 0;
+        for (; j + 2 <= S; j += 2) {
+          Vec<T> row0[NV], row1[NV];
+          token_row_pair<T, NV>(k, j, s, q_cols, row0, row1);
+          for (int64_t u = 0; u < NV; ++u) {
+            col_max[u] = lane_max(row1[u], lane_max(row0[u], col_max[u]));
+            store(probs + j * P + u * kVec, row0[u]);
+            store(probs + (j + 1) * P + u * kVec, row1[u]);
+          }
+        }
+        if (j < S) {
+          Vec<T> row[NV];
+          token_row<T, NV>(k, j, s, q_cols, row);
+          for (int64_t u = 0; u < NV; ++u) {
+            col_max[u] = lane_max(row[u], col_max[u]);
+            store(probs + j * P + u * kVec, row[u]);
+          }
+        }
+        // A NaN score is skipped by the max but still poisons exp and the sum, hence the output.
+        for (int64_t u = 0; u < NV; ++u) col_sum[u] = Vec<T>{};
+        for (j = 0; j < S; ++j)
+          for (int64_t u = 0; u < NV; ++u) {
+            const Vec<T> p = fast_exp(load(probs + j * P + u * kVec) - col_max[u]);
+            store(probs + j * P + u * kVec, p);
+            col_sum[u] += p;
+          }
+        T *inverse = lanes, *o_rows = lanes + P;  // o_rows: two rows of P lanes
+        for (int64_t u = 0; u < NV; ++u) store(inverse + u * kVec, T(1) / col_sum[u]);
+        T* o = out + (n * S + q0) * F + head * dh;
+        // P V two features at a time, for the same reason as token_row_pair.
+        int64_t e = 0;
+        for (; e + 2 <= dh; e += 2) {
+          Vec<T> acc0[NV] = {}, acc1[NV] = {};
+          for (j = 0; j < S; ++j) {
+            const Vec<T> w0 = broadcast(v[s.at(j, e)]), w1 = broadcast(v[s.at(j, e + 1)]);
+            for (int64_t u = 0; u < NV; ++u) {
+              const Vec<T> p = load(probs + j * P + u * kVec);
+              acc0[u] += w0 * p;
+              acc1[u] += w1 * p;
+            }
+          }
+          for (int64_t u = 0; u < NV; ++u) {
+            const Vec<T> inv = load(inverse + u * kVec);
+            store(o_rows + u * kVec, acc0[u] * inv);
+            store(o_rows + P + u * kVec, acc1[u] * inv);
+          }
+          for (int64_t i = 0; i < rows; ++i) {
+            o[i * F + e] = o_rows[i];
+            o[i * F + e + 1] = o_rows[P + i];
+          }
+        }
+        if (e < dh) {
+          Vec<T> acc[NV] = {};
+          for (j = 0; j < S; ++j) {
+            const Vec<T> w = broadcast(v[s.at(j, e)]);
+            for (int64_t u = 0; u < NV; ++u) acc[u] += w * load(probs + j * P + u * kVec);
+          }
+          for (int64_t u = 0; u < NV; ++u) store(o_rows + u * kVec, acc[u] * load(inverse + u * kVec));
+          for (int64_t i = 0; i < rows; ++i) o[i * F + e] = o_rows[i];
+        }
+        if (lse != nullptr) {
+          T *max = lanes + 3 * P, *sum = lanes + P;  // o_rows is free again
+          for (int64_t u = 0; u < NV; ++u) {
+            store(max + u * kVec, col_max[u]);
+            store(sum + u * kVec, col_sum[u]);
+          }
+          T* lse_row = lse + item * S + q0;
+          for (int64_t i = 0; i < rows; ++i) lse_row[i] = max[i] + std::log(sum[i]);
         }
       }
-      // A NaN score is skipped by the max but still poisons exp and the sum, hence the output.
-      for (int64_t u = 0; u < NV; ++u) col_sum[u] = Vec<T>{};
-      for (int64_t j = 0; j < S; ++j)
-        for (int64_t u = 0; u < NV; ++u) {
-          const Vec<T> p = fast_exp(load(probs + j * P + u * kVec) - col_max[u]);
-          store(probs + j * P + u * kVec, p);
-          col_sum[u] += p;
-        }
-      T *inverse = lanes, *max = lanes + P, *sum = lanes + 2 * P, *o_row = lanes + 3 * P;
-      for (int64_t u = 0; u < NV; ++u) {
-        store(inverse + u * kVec, T(1) / col_sum[u]);
-        store(max + u * kVec, col_max[u]);
-        store(sum + u * kVec, col_sum[u]);
-      }
-      T* o = out + n * S * F + head * dh;
-      for (int64_t e = 0; e < dh; ++e) {
-        Vec<T> acc[NV] = {};
-        for (int64_t j = 0; j < S; ++j) {
-          const Vec<T> w = broadcast(v[s.at(j, e)]);
-          for (int64_t u = 0; u < NV; ++u) acc[u] += w * load(probs + j * P + u * kVec);
-        }
-        for (int64_t u = 0; u < NV; ++u) store(o_row + u * kVec, acc[u] * load(inverse + u * kVec));
-        for (int64_t i = 0; i < S; ++i) o[i * F + e] = o_row[i];
-      }
-      T* lse_row = lse + item * S;
-      for (int64_t i = 0; i < S; ++i) lse_row[i] = max[i] + std::log(sum[i]);
     }
   });
 }
@@ -226,11 +291,10 @@ void attention_forward_long(const T* qkv, T* out, T* lse, const AttentionShape& 
       }
       T* o = out + n * S * F + head * dh;
       gemm<T>(false, t, S, dh, S, 1, scores, S, v, ld, 0, o, F);
-      T* lse_row = lse + item * S;
       for (int64_t i = 0; i < S; ++i) {
         const T inverse = T(1) / sum_of_row[i];
         for (int64_t e = 0; e < dh; ++e) o[i * F + e] *= inverse;
-        lse_row[i] = max_of_row[i] + std::log(sum_of_row[i]);
+        if (lse != nullptr) lse[item * S + i] = max_of_row[i] + std::log(sum_of_row[i]);
       }
     }
   });
@@ -274,11 +338,19 @@ void attention_backward_long(const T* grad_out, const T* qkv, const T* out, cons
   });
 }
 
+// Vectors per query block of a short head's forward: the fewest blocks of at most
+// kMaxBlockVectors vectors, evened out (S = 81 in 8 lanes: 3 blocks of 4 vectors).
+inline int64_t block_vectors(int64_t tokens) {
+  const int64_t vectors = (tokens + kVec - 1) / kVec;
+  const int64_t blocks = (vectors + kMaxBlockVectors - 1) / kMaxBlockVectors;
+  return (vectors + blocks - 1) / blocks;
+}
+
 template <typename T>
 void attention_forward(const T* qkv, T* out, T* lse, const AttentionShape& s) {
   const T scale = T(1) / std::sqrt(static_cast<T>(s.head_dim));
   if (is_short(s)) {
-    return with_query_vectors(s.tokens, [&]<int64_t NV>() {
+    return with_query_vectors(block_vectors(s.tokens) * kVec, [&]<int64_t NV>() {
       attention_forward_short<T, NV>(qkv, out, lse, s, scale);
     });
   }
@@ -295,4 +367,74 @@ void attention_backward(const T* grad_out, const T* qkv, const T* out, const T* 
     });
   }
   attention_backward_long(grad_out, qkv, out, lse, grad_qkv, s, scale);
+}
+
+// The fused spatial block's attention + residual (inference, no lse), with the heads of a
+// frame in vector lanes: out(f, i, head d_head + e) = x(...) + softmax_j(scale q_i . k_j) v_j(e).
+// qkv_rows (frames J, 3F) holds Q, K, V of joint j of frame f in row f J + j, each feature-
+// major, [e][head] (spatial_block.cpp orders the projection's columns so): one head group's
+// values of one feature are one vector. Every operation is then a whole-vector one with no
+// padding, however short the J = 15..17 axis: the query-major kernel pads 17 queries to 24
+// lanes and works one 17 x 17 x 4 head at a time. Needs heads % kVec == 0.
+template <typename T>
+void attention_residual_heads_in_lanes(const T* qkv_rows, const T* x, T* out, int64_t frames, int64_t J,
+                                       int64_t heads, int64_t dh) {
+  static_assert(kHeadLanes % kVec == 0, "a head group must be whole vectors");
+  // Keys (for the scores) and features (for P V) go kChains at a time: independent FMA
+  // chains, where one score's chain of d_head dependent FMAs would wait on the FMA latency.
+  // The counts are compile-time so that the accumulators stay in registers.
+  constexpr int64_t kChains = 4;
+  const T scale = T(1) / std::sqrt(static_cast<T>(dh));
+  const int64_t F = heads * dh, row = 3 * F;
+  T* scores = scratch<T, 0>(J * kVec);  // scores[j]: key j against query i, then exp
+  T* o_lanes = scratch<T, 1>(dh * kVec);
+  for (int64_t f = 0; f < frames; ++f) {
+    const T* frame = qkv_rows + f * J * row;
+    for (int64_t g = 0; g < heads; g += kVec)
+      for (int64_t i = 0; i < J; ++i) {
+        const T* q = frame + i * row + g;
+        const T* k = frame + F + g;
+        const T* v = frame + 2 * F + g;
+        Vec<T> max = broadcast(-std::numeric_limits<T>::infinity());
+        auto score_keys = [&]<int64_t n>(int64_t j0) {
+          Vec<T> score[n];  // (`= {}` would zero it in memory, rep stos, and keep it there)
+          for (int64_t c = 0; c < n; ++c) score[c] = Vec<T>{};
+          for (int64_t e = 0; e < dh; ++e) {
+            const Vec<T> qe = load(q + e * heads);
+            for (int64_t c = 0; c < n; ++c) score[c] += qe * load(k + (j0 + c) * row + e * heads);
+          }
+          for (int64_t c = 0; c < n; ++c) {
+            score[c] *= scale;
+            store(scores + (j0 + c) * kVec, score[c]);
+            max = lane_max(score[c], max);
+          }
+        };
+        int64_t j = 0;
+        for (; j + kChains <= J; j += kChains) score_keys.template operator()<kChains>(j);
+        for (; j < J; ++j) score_keys.template operator()<1>(j);
+        // A NaN score is skipped by the max but still poisons exp and the sum, hence the output.
+        Vec<T> sum{};
+        for (j = 0; j < J; ++j) {
+          const Vec<T> p = fast_exp(load(scores + j * kVec) - max);
+          store(scores + j * kVec, p);
+          sum += p;
+        }
+        const Vec<T> inverse = T(1) / sum;
+        auto weigh_values = [&]<int64_t n>(int64_t e0) {
+          Vec<T> acc[n];
+          for (int64_t c = 0; c < n; ++c) acc[c] = Vec<T>{};
+          for (int64_t jj = 0; jj < J; ++jj) {
+            const Vec<T> p = load(scores + jj * kVec);
+            for (int64_t c = 0; c < n; ++c) acc[c] += p * load(v + jj * row + (e0 + c) * heads);
+          }
+          for (int64_t c = 0; c < n; ++c) store(o_lanes + (e0 + c) * kVec, acc[c] * inverse);
+        };
+        int64_t e = 0;
+        for (; e + kChains <= dh; e += kChains) weigh_values.template operator()<kChains>(e);
+        for (; e < dh; ++e) weigh_values.template operator()<1>(e);
+        const int64_t base = (f * J + i) * F + g * dh;  // head g's features in x and out
+        for (int64_t l = 0; l < kVec; ++l)
+          for (e = 0; e < dh; ++e) out[base + l * dh + e] = x[base + l * dh + e] + o_lanes[e * kVec + l];
+      }
+  }
 }

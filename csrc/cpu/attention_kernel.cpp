@@ -119,6 +119,22 @@ void run_attention_backward(const T* grad_out, const T* qkv, const T* out, const
   baseline::attention_backward(grad_out, qkv, out, lse, grad_qkv, s);
 }
 
+template <typename T>
+void run_attention_residual_heads_in_lanes(const T* qkv_rows, const T* x, T* out, int64_t frames, int64_t J,
+                                           int64_t heads, int64_t head_dim) {
+#if defined(CONVFORMER_FAST_HAVE_AVX2_KERNELS)
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_supports_avx2_fma())
+      return attention_residual_heads_in_lanes_avx2(qkv_rows, x, out, frames, J, heads, head_dim);
+  }
+#endif
+  baseline::attention_residual_heads_in_lanes(qkv_rows, x, out, frames, J, heads, head_dim);
+}
+
+template void run_attention_residual_heads_in_lanes<float>(const float*, const float*, float*, int64_t, int64_t,
+                                                           int64_t, int64_t);
+template void run_attention_residual_heads_in_lanes<double>(const double*, const double*, double*, int64_t,
+                                                            int64_t, int64_t, int64_t);
 template void run_attention_forward<float>(const float*, float*, float*, const AttentionShape&);
 template void run_attention_forward<double>(const double*, double*, double*, const AttentionShape&);
 

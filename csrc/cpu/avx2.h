@@ -18,6 +18,8 @@ namespace convformer_fast::cpu {
 #define CONVFORMER_FAST_HAVE_AVX2_KERNELS 1
 bool cpu_supports_avx2_fma();
 void attention_forward_avx2(const float* qkv, float* out, float* lse, const AttentionShape& s);
+void attention_residual_heads_in_lanes_avx2(const float* qkv_rows, const float* x, float* out, int64_t frames,
+                                            int64_t J, int64_t heads, int64_t head_dim);
 void attention_backward_avx2(const float* grad_out, const float* qkv, const float* out,
                              const float* lse, float* grad_qkv, const AttentionShape& s);
 void winograd_input_transform_avx2(const float* x, float* x_t, const WinogradPlan& plan,

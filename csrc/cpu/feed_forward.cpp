@@ -4,9 +4,9 @@
 // its hidden activations (r times wider than x) and its output stay in the core's L2 cache
 // between the steps: LN, GEMM (BLAS, single-threaded inside the worker), exact GELU, GEMM
 // into a buffer pre-filled with x + b2. Unfused, every step is a separate pass over memory
-// and the hidden activations make a round trip to DRAM. Measured on 2 cores: 1.8x faster
-// than the ATen ops for a spatial layer of 1296 frames, 1.06x for a temporal layer of 16 x
-// 81 frames; inputs with too few rows for chunks run the same steps on the whole tensor.
+// and the hidden activations make a round trip to DRAM. Measured on 2 cores against the
+// ATen ops (LayerNorm, linear, GELU, linear, add): 1.6x faster for a spatial layer of
+// 1296 frames, 1.15x for a temporal layer of 16 x 81 frames, 1.1x for one of 243 frames.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -44,8 +44,8 @@ void gelu_inplace_best(T* data, int64_t n) {
   baseline::gelu_inplace(data, n);
 }
 
-// Rows per chunk: a spatial layer's chunk of hidden activations (256 x 64) stays in L2, and
-// a temporal layer's chunk (256 x 1088, 1.1 MB) has rows enough to amortise packing weights.
+// Most rows per chunk: a spatial layer's chunk of hidden activations (256 x 64) stays in L2,
+// and a temporal layer's chunk (256 x 1088, 1.1 MB) has rows enough to amortise packing weights.
 constexpr int64_t kChunkRows = 256;
 
 template <typename T>
@@ -72,24 +72,29 @@ struct FeedForward {
   }
 };
 
-// Many rows (spatial layers: thousands of frames x 17 joints): chunks of rows in parallel,
-// each chunk's steps in one worker with its hidden activations in cache. Few rows (a
-// temporal layer of one clip): too few chunks to keep every thread busy, so the whole
-// tensor goes through the steps at once, BLAS threading the GEMMs.
+// Rows are split into chunks, a multiple of the thread count so that every thread gets the
+// same number, each chunk's steps in one worker with BLAS single-threaded and its hidden
+// activations in cache. Single-threaded GEMMs side by side beat one threaded GEMM even for a
+// temporal layer's few rows (16 x 81 rows: 1.1x, 6 chunks of 216). Below kMinChunkRows rows
+// per thread, the whole tensor goes through the steps at once with threaded BLAS.
+constexpr int64_t kMinChunkRows = 64;
+
 template <typename T>
 void feed_forward_kernel(const FeedForward<T>& ffn, const T* x, T* out, int64_t rows) {
-  const int64_t chunk_rows = kChunkRows, chunks = (rows + chunk_rows - 1) / chunk_rows;
-  if (chunks < 4 * at::get_num_threads()) {
+  const int64_t threads = at::get_num_threads();
+  if (rows < threads * kMinChunkRows) {
     std::vector<T> normed(rows * ffn.dim), act(rows * ffn.hidden);
     ffn.rows(x, out, rows, normed.data(), act.data());
     return;
   }
+  const int64_t chunks = (rows + threads * kChunkRows - 1) / (threads * kChunkRows) * threads;
+  const int64_t chunk_rows = (rows + chunks - 1) / chunks;
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     T* normed = scratch<T, 0>(chunk_rows * ffn.dim);
     T* act = scratch<T, 1>(chunk_rows * ffn.hidden);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t r0 = chunk * chunk_rows, n = std::min(chunk_rows, rows - r0);
-      ffn.rows(x + r0 * ffn.dim, out + r0 * ffn.dim, n, normed, act);
+      if (n > 0) ffn.rows(x + r0 * ffn.dim, out + r0 * ffn.dim, n, normed, act);
     }
   });
 }

@@ -38,6 +38,11 @@ void attention_forward_avx2(const float* qkv, float* out, float* lse, const Atte
   avx2::attention_forward(qkv, out, lse, s);
 }
 
+void attention_residual_heads_in_lanes_avx2(const float* qkv_rows, const float* x, float* out, int64_t frames,
+                                            int64_t J, int64_t heads, int64_t head_dim) {
+  avx2::attention_residual_heads_in_lanes(qkv_rows, x, out, frames, J, heads, head_dim);
+}
+
 void attention_backward_avx2(const float* grad_out, const float* qkv, const float* out,
                              const float* lse, float* grad_qkv, const AttentionShape& s) {
   avx2::attention_backward(grad_out, qkv, out, lse, grad_qkv, s);

@@ -24,28 +24,38 @@
 namespace convformer_fast::cpu {
 namespace {
 
+// With heads % kHeadLanes == 0 (the paper's 8 heads) the projection writes Q, K and V
+// feature-major ([which][e][head] columns: weight_t and bias permuted to match) and the
+// attention keeps a frame's heads in vector lanes (attention.h); otherwise it runs the
+// per-head query-major kernel on the usual [which][head][e] columns.
+bool heads_in_lanes(const QkvGeometry& g) { return g.heads % kHeadLanes == 0; }
+
 template <typename T>
 void spatial_block_kernel(const T* x, const T* gamma, const T* beta, T eps, const T* weight_t,
                           const T* bias, T* out, const QkvGeometry& g) {
   const int64_t J = g.tokens, F = g.features, dh = g.head_dim(), rows_per_frame = J * F;
   const int64_t frames_per_chunk = frames_per_projection_chunk(g);
   const int64_t chunks = (g.batch + frames_per_chunk - 1) / frames_per_chunk;
+  const bool lanes = heads_in_lanes(g);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     // Slots above the attention kernel's: it runs nested in this thread (scratch.h).
     T* normed = scratch<T, 10>(frames_per_chunk * rows_per_frame);
     T* im2col = scratch<T, 11>(frames_per_chunk * J * g.kernel_size * F);
     T* qkv_rows = scratch<T, 12>(frames_per_chunk * J * 3 * F);
-    T* lse = scratch<T, 13>(frames_per_chunk * g.heads * J);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t n0 = chunk * frames_per_chunk, frames = std::min(frames_per_chunk, g.batch - n0);
       const T* xc = x + n0 * rows_per_frame;
       T* oc = out + n0 * rows_per_frame;
       layer_norm_rows(xc, normed, frames * J, F, gamma, beta, eps);
       project_frames(normed, frames, weight_t, bias, qkv_rows, im2col, g);
+      if (lanes) {
+        run_attention_residual_heads_in_lanes(qkv_rows, xc, oc, frames, J, g.heads, dh);
+        continue;
+      }
       // Row f J + j of qkv_rows holds Q, K, V of joint j of frame f: (3, frames, h, J, dh)
       // with strides (F, J 3F, dh, 3F, 1).
       const AttentionShape shape{frames, g.heads, J, dh, F, J * 3 * F, dh, 3 * F, 1};
-      run_attention_forward(qkv_rows, oc, lse, shape);  // a nested parallel_for runs inline
+      run_attention_forward(qkv_rows, oc, static_cast<T*>(nullptr), shape);  // a nested parallel_for runs inline
       for (int64_t i = 0; i < frames * rows_per_frame; ++i) oc[i] += xc[i];
     }
   });
@@ -73,8 +83,13 @@ at::Tensor spatial_attention_residual_cpu(const at::Tensor& x_in, const at::Tens
   const at::Tensor x = x_in.contiguous();
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   if (out.numel() == 0) return out;
-  const at::Tensor gamma = norm_weight.contiguous(), beta = norm_bias.contiguous(), b = bias.contiguous();
-  const at::Tensor weight_t = projection_gemm_weight(weight, g);
+  at::Tensor b = bias.contiguous(), weight_t = projection_gemm_weight(weight, g);
+  if (heads_in_lanes(g)) {  // output columns [which][head][e] -> [which][e][head]
+    const int64_t k_f = weight_t.size(0), dh = g.head_dim();
+    weight_t = weight_t.view({k_f, 3, g.heads, dh}).transpose(2, 3).reshape({k_f, 3 * g.features}).contiguous();
+    b = b.view({3, g.heads, dh}).transpose(1, 2).reshape({3 * g.features}).contiguous();
+  }
+  const at::Tensor gamma = norm_weight.contiguous(), beta = norm_bias.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spatial_attention_residual", [&] {
     spatial_block_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), gamma.const_data_ptr<scalar_t>(),
                                    beta.const_data_ptr<scalar_t>(), static_cast<scalar_t>(eps),
