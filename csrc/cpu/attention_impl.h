@@ -92,7 +92,7 @@ void attention_forward_short(const T* qkv, T* out, T* lse, const AttentionShape&
   at::parallel_for(0, s.batch * s.heads, grain, [&](int64_t begin, int64_t end) {
     T* q_cols = scratch<T, 0>(dh * P);  // scale * Q^T of the block's queries
     T* probs = scratch<T, 1>(S * P);    // probs[j][i]: query i against key j, then exp
-    T* lanes = scratch<T, 2>(4 * P);    // 1 / sum, two output rows (later: sum), max
+    T* lanes = scratch<T, 2>(5 * P);    // 1 / sum, two output rows, max, sum
     for (int64_t item = begin; item < end; ++item) {
       const auto [n, head, q, k, v] = HeadInputs<T>(qkv, s, item);
       for (int64_t q0 = 0; q0 < S; q0 += P) {
@@ -126,42 +126,31 @@ void attention_forward_short(const T* qkv, T* out, T* lse, const AttentionShape&
             store(probs + j * P + u * kVec, p);
             col_sum[u] += p;
           }
-        T *inverse = lanes, *o_rows = lanes + P;  // o_rows: two rows of P lanes
+        T *inverse = lanes, *o_rows = lanes + P, *max = lanes + 3 * P, *sum = lanes + 4 * P;
         for (int64_t u = 0; u < NV; ++u) store(inverse + u * kVec, T(1) / col_sum[u]);
         T* o = out + (n * S + q0) * F + head * dh;
-        // P V two features at a time, for the same reason as token_row_pair.
-        int64_t e = 0;
-        for (; e + 2 <= dh; e += 2) {
-          Vec<T> acc0[NV] = {}, acc1[NV] = {};
-          for (j = 0; j < S; ++j) {
-            const Vec<T> w0 = broadcast(v[s.at(j, e)]), w1 = broadcast(v[s.at(j, e + 1)]);
+        // P V for features e .. e + c - 1 (c = 2: two FMA chains per load, as in token_row_pair).
+        auto weigh_values = [&]<int64_t c>(int64_t e) {
+          Vec<T> acc[c][NV];
+          for (int64_t r = 0; r < c; ++r)
+            for (int64_t u = 0; u < NV; ++u) acc[r][u] = Vec<T>{};
+          for (int64_t jj = 0; jj < S; ++jj) {
+            Vec<T> w[c];
+            for (int64_t r = 0; r < c; ++r) w[r] = broadcast(v[s.at(jj, e + r)]);
             for (int64_t u = 0; u < NV; ++u) {
-              const Vec<T> p = load(probs + j * P + u * kVec);
-              acc0[u] += w0 * p;
-              acc1[u] += w1 * p;
+              const Vec<T> p = load(probs + jj * P + u * kVec);
+              for (int64_t r = 0; r < c; ++r) acc[r][u] += w[r] * p;
             }
           }
-          for (int64_t u = 0; u < NV; ++u) {
-            const Vec<T> inv = load(inverse + u * kVec);
-            store(o_rows + u * kVec, acc0[u] * inv);
-            store(o_rows + P + u * kVec, acc1[u] * inv);
+          for (int64_t r = 0; r < c; ++r) {
+            for (int64_t u = 0; u < NV; ++u) store(o_rows + r * P + u * kVec, acc[r][u] * load(inverse + u * kVec));
+            for (int64_t i = 0; i < rows; ++i) o[i * F + e + r] = o_rows[r * P + i];
           }
-          for (int64_t i = 0; i < rows; ++i) {
-            o[i * F + e] = o_rows[i];
-            o[i * F + e + 1] = o_rows[P + i];
-          }
-        }
-        if (e < dh) {
-          Vec<T> acc[NV] = {};
-          for (j = 0; j < S; ++j) {
-            const Vec<T> w = broadcast(v[s.at(j, e)]);
-            for (int64_t u = 0; u < NV; ++u) acc[u] += w * load(probs + j * P + u * kVec);
-          }
-          for (int64_t u = 0; u < NV; ++u) store(o_rows + u * kVec, acc[u] * load(inverse + u * kVec));
-          for (int64_t i = 0; i < rows; ++i) o[i * F + e] = o_rows[i];
-        }
+        };
+        int64_t e = 0;
+        for (; e + 2 <= dh; e += 2) weigh_values.template operator()<2>(e);
+        if (e < dh) weigh_values.template operator()<1>(e);
         if (lse != nullptr) {
-          T *max = lanes + 3 * P, *sum = lanes + P;  // o_rows is free again
           for (int64_t u = 0; u < NV; ++u) {
             store(max + u * kVec, col_max[u]);
             store(sum + u * kVec, col_sum[u]);
