@@ -101,7 +101,7 @@ setup(
     description="Fused kernels and drop-in modules for ConvFormer 3D human pose estimation",
     packages=find_packages(include=["convformer_fast", "convformer_fast.*"]),
     # Converted DeepMimic clips used by the pose demos and tests.
-    package_data={"convformer_fast.data": ["motions/*.npz", "motions/*.md"]},
+    package_data={"convformer_fast.pose.data": ["motions/*.npz", "motions/*.md"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
     ext_modules=[_extension()],

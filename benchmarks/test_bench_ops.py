@@ -10,7 +10,7 @@ import pytest
 
 from bench_cases import (EAGER, COMPILE, FOLDED_QKV, LAYOUTS, attention_case, block_case,
                          check_against_eager, model_case, qkv_case)
-from convformer_fast.flops import flop_counter_flops
+from convformer_fast.perf.flops import flop_counter_flops
 
 
 def _flops(fn) -> int:

@@ -6,26 +6,34 @@ Public API:
     convert(module, backend)                      swap eager layers for fast ones in place
     available_backends()                          which backends work here, and why not
     PRESETS                                       named paper configurations
-    fold_qkv, ops                                 the exact fold and the compiled ops
+    fold_qkv, functional, ops                     the exact fold, the layers on tensors, the compiled ops
 """
 
 from __future__ import annotations
 
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
-from . import ops
-from ._extension import EXTENSION_ERROR, extension_loaded
+from . import functional, ops
 from .backends import BACKEND_NAMES, available_backends
 from .fast import ConvFormerBlockFast, ConvFormerFast, DMHCSAFast, convert
-from .flops import count_flops
 from .fold import fold_qkv
+from .ops import EXTENSION_ERROR, extension_loaded
 from .presets import PRESETS
 from .reference import ConvFormer, ConvFormerBlock, DMHCSA
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # The FLOP counter lives with the performance tools; imported only when asked for.
+    if name == "count_flops":
+        from .perf.flops import count_flops
+
+        return count_flops
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "BACKEND_NAMES", "ConvFormer", "ConvFormerBlock", "ConvFormerBlockFast", "ConvFormerFast",
     "DMHCSA", "DMHCSAFast", "EXTENSION_ERROR", "PRESETS", "available_backends", "convert",
-    "extension_loaded", "fold_qkv", "ops",
+    "extension_loaded", "fold_qkv", "functional", "ops",
 ]

@@ -6,8 +6,10 @@ The package always imports; backends that need the extension report it unavailab
 the remedy differs in what the user must know:
 
 * built against another torch (C++ symbols it links to are gone): rebuild;
-* built from older sources (an op this Python code calls is not registered): rebuild;
-* damaged, or built for another platform or Python: rebuild.
+* damaged, or built for another platform or Python: rebuild;
+* built from older sources (an op this Python code calls is not registered): rebuild; that
+  check needs the op registry, so :data:`convformer_fast.ops.EXTENSION_ERROR` makes it on
+  top of :data:`LOAD_ERROR`.
 
 A shared library cut short (an interrupted build or copy) is checked before it is loaded:
 the dynamic loader maps pages past the end of such a file and the process dies of SIGBUS,
@@ -25,8 +27,6 @@ import torch
 
 REBUILD_COMMAND = "pip install --no-build-isolation -e ."
 DISABLE_ENV_VAR = "CONVFORMER_FAST_DISABLE_EXTENSION"
-# The ops that ops.py registers fake kernels and autograd for: all must come from _C.
-REQUIRED_OPS = ("qkv_projection", "qkv_projection_backward", "attention", "attention_backward")
 
 
 def _elf_truncation(path: str) -> str | None:
@@ -81,15 +81,8 @@ def _load() -> str | None:
         return f"convformer_fast._C failed to load ({error}); rebuild it with `{REBUILD_COMMAND}`"
     except OSError as error:
         return f"convformer_fast._C failed to load ({error}); rebuild it with `{REBUILD_COMMAND}`"
-    missing = [op for op in REQUIRED_OPS if not hasattr(torch.ops.convformer_fast, op)]
-    if missing:
-        return (f"convformer_fast._C is older than this package's Python code (ops {missing} are "
-                f"not registered); rebuild it with `{REBUILD_COMMAND}`")
     return None
 
 
-EXTENSION_ERROR: str | None = _load()
-
-
-def extension_loaded() -> bool:
-    return EXTENSION_ERROR is None
+#: Why convformer_fast._C could not be loaded, or None once it is.
+LOAD_ERROR: str | None = _load()

@@ -1,9 +1,20 @@
-"""Backends: how a fast DMHCSA layer computes. Each declares what it supports and why not.
+"""Backends: how a fast layer computes, on tensors. Each declares what it supports and why not.
 
-A backend is a small object with ``unavailable_reason()`` (does it work in this
-environment at all), ``not_supported_reasons(x)`` (can it serve this input) and
-``attention(module, x)``. ``"auto"`` walks a per-device priority list; an explicitly named
-backend that cannot serve raises with its reasons instead of silently falling back.
+A backend is a small object that answers, for an input and a layer:
+
+* ``unavailable_reason()``: does it work in this environment at all;
+* ``not_supported_reasons(x, layer)``: can it serve this input (device, dtype) and this
+  layer (head dim, gradients): every limit is declared here, read from the op registry
+  (:data:`convformer_fast.ops.OPS`), never hidden in a kernel call;
+* ``dmhcsa(x, weight, bias, num_heads, layout, **prepared)``: one DMHCSA layer after the
+  fold (paper eqs. 3-7), and, where it fuses them in inference, one half of a ConvFormer
+  block (``fused_attention_residual``, ``fused_feed_forward_residual``).
+
+:func:`resolve` picks the backend for a layer: ``"auto"`` walks a per-device priority list;
+an explicitly named backend that cannot serve raises with its reasons. A backend may
+declare a **handoff**: the layers it declines for layer-level reasons (gradients, a head
+dim beyond its kernels) go to the named backend, as documented in its ``handoff_when`` and
+shown by :func:`available_backends` and ``convformer-fast info``. Nothing else falls back.
 The environment variable ``CONVFORMER_FAST_BACKEND`` overrides what ``"auto"`` picks.
 
 Each backend also declares ``deterministic_devices``: where repeated calls give
@@ -21,34 +32,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import _checks, ops
+from . import ops
 from . import triton as triton_backend
-from ._extension import EXTENSION_ERROR, extension_loaded
-from .reference import DMHCSA, SPATIAL, TEMPORAL, ConvFormerBlock
+from .ops import OPS, EXTENSION_ERROR
+from .ops.spec import CPU, CUDA, EMULATED, TRITON
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 AUTO = "auto"
 AUTO_ENV_VAR = "CONVFORMER_FAST_BACKEND"
+SPATIAL, TEMPORAL = "spatial", "temporal"
 
 
-def _needs_grad(x: torch.Tensor, *modules: torch.nn.Module) -> bool:
-    """Would autograd record this call (so an inference-only kernel must not serve it)?"""
-    if not torch.is_grad_enabled():
-        return False
-    return x.requires_grad or any(p.requires_grad for m in modules for p in m.parameters())
+@dataclass(frozen=True)
+class Layer:
+    """What a backend needs to know about a layer to say whether it can serve it."""
 
-
-def _fusable_half(block: ConvFormerBlock, x: torch.Tensor, *modules: torch.nn.Module) -> bool:
-    """May an inference-only fused kernel (no backward, no random draws) serve this block
-    half? Not when autograd would record it, nor while a DropPath is active."""
-    drop_path_active = block.drop_path.training and block.drop_path.p > 0
-    return not drop_path_active and not _needs_grad(x, *modules)
-
-
-def merge_heads(out: torch.Tensor) -> torch.Tensor:
-    """(N, h, S, dh) -> (N, S, h*dh)."""
-    n, h, s, dh = out.shape
-    return out.transpose(1, 2).reshape(n, s, h * dh)
+    layout: str
+    head_dim: int
+    needs_grad: bool = False
 
 
 class Backend:
@@ -62,19 +63,39 @@ class Backend:
     deterministic_devices: tuple[str, ...] = ()
     #: Runs another device's kernels in a CPU emulation: for tests, not worth timing.
     emulated: bool = False
+    #: Computes from the folded Q/K/V weight (every backend but the eager reference).
+    folds: bool = True
+    #: The backend that serves the layers this one declines for layer-level reasons, and
+    #: when that happens (for users: shown by available_backends() and `info`).
+    handoff: str | None = None
+    handoff_when: tuple[str, ...] = ()
+    #: Block halves fused into one kernel in inference: "spatial_attention",
+    #: "temporal_attention", "feed_forward".
+    fuses: frozenset[str] = frozenset()
 
     def unavailable_reason(self) -> str | None:
         """Why this backend cannot run in this environment, or None if it can."""
         return None
 
-    def not_supported_reasons(self, x: torch.Tensor) -> list[str]:
+    def input_reasons(self, x: torch.Tensor) -> list[str]:
         reasons = []
-        if self.unavailable_reason():
-            reasons.append(self.unavailable_reason())
+        unavailable = self.unavailable_reason()
+        if unavailable:
+            reasons.append(unavailable)
         if x.device.type not in self.devices:
             reasons.append(f"device {x.device.type!r} not in {list(self.devices)}")
         if x.dtype not in self.dtypes:
             reasons.append(f"dtype {x.dtype} not in {[str(d) for d in self.dtypes]}")
+        return reasons
+
+    def layer_reasons(self, x: torch.Tensor, layer: Layer) -> list[str]:
+        """Why this layer (head dim, gradients) is beyond this backend; empty if it is not."""
+        return []
+
+    def not_supported_reasons(self, x: torch.Tensor, layer: Layer | None = None) -> list[str]:
+        reasons = self.input_reasons(x)
+        if layer is not None and not reasons:
+            reasons += self.layer_reasons(x, layer)
         return reasons
 
     def nondeterminism(self, x: torch.Tensor) -> str | None:
@@ -85,29 +106,35 @@ class Backend:
                 f"{list(self.deterministic_devices)}), but torch.use_deterministic_algorithms(True) "
                 "is set; use backend='auto' (it picks a deterministic backend) or 'torch'")
 
-    def attention(self, module: DMHCSA, x: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError(f"backend {self.name!r} has no attention implementation")
+    # ---- computing, on tensors (the folded weight (3C, C, k) and bias (3C,) of the layer)
 
-    # The two halves of a ConvFormer block (paper eq. 8). Backends override them to fuse a
-    # half's LayerNorm, main op and residual add; the defaults compose the modules, drawing
-    # random numbers in the eager order (aggregation dropout, then each DropPath), which is
-    # what a fused override must fall back to whenever a DropPath is active.
-    def attention_residual(self, block: ConvFormerBlock, x: torch.Tensor) -> torch.Tensor:
-        """``x + DropPath(DMHCSA(LN1(x)))``."""
-        return x + block.drop_path(block.attn(block.norm1(x)))
+    def prepare(self, weight: torch.Tensor, layout: str) -> dict[str, torch.Tensor]:
+        """Weight layouts of this backend's kernels derived from the folded weight, which a
+        module caches beside its fold (recomputed only when a parameter changes)."""
+        return {}
 
-    def feed_forward_residual(self, block: ConvFormerBlock, x: torch.Tensor) -> torch.Tensor:
-        """``x + DropPath(FFN(LN2(x)))``."""
-        return x + block.drop_path(block.mlp(block.norm2(x)))
+    def dmhcsa(self, x, weight, bias, num_heads, layout, **prepared) -> torch.Tensor:
+        """One DMHCSA layer after the fold: (N, S, F) -> (N, S, F)."""
+        raise RuntimeError(f"backend {self.name!r} computes from the unfolded filters, not from a folded "
+                           "weight: use the module (convformer_fast.DMHCSA), or backend='torch' for the "
+                           "same maths after the fold")
+
+    def can_fuse_attention(self, x: torch.Tensor, layout: str, head_dim: int) -> bool:
+        return f"{layout}_attention" in self.fuses
+
+    def fused_attention_residual(self, x, norm_weight, norm_bias, eps, weight, bias, num_heads, layout,
+                                 **prepared) -> torch.Tensor:
+        raise RuntimeError(f"backend {self.name!r} does not fuse the {layout} attention half")
+
+    def fused_feed_forward_residual(self, x, norm_weight, norm_bias, eps, w1, b1, w2, b2) -> torch.Tensor:
+        raise RuntimeError(f"backend {self.name!r} does not fuse the feed-forward half")
 
 
 class EagerBackend(Backend):
     name = "eager"
     description = "the reference math: one Conv1d per kernel size, explicit softmax"
     deterministic_devices = ("cpu", "cuda")  # ATen ops: they honour the mode themselves
-
-    def attention(self, module, x):
-        return DMHCSA.forward(module, x)
+    folds = False  # the modules compute it (convformer_fast.reference)
 
 
 class TorchBackend(Backend):
@@ -115,12 +142,11 @@ class TorchBackend(Backend):
     description = "exact fold in plain PyTorch: one Conv1d for Q, K and V, then SDPA"
     deterministic_devices = ("cpu", "cuda")  # ATen ops: they honour the mode themselves
 
-    def attention(self, module, x):
-        weight, bias = module.folded_qkv()
-        conv_input = x.transpose(1, 2) if module.layout == SPATIAL else x
+    def dmhcsa(self, x, weight, bias, num_heads, layout, **prepared):
+        conv_input = x.transpose(1, 2) if layout == SPATIAL else x
         y = F.conv1d(conv_input, weight, bias, padding=weight.shape[-1] // 2)
-        q, k, v = ops.qkv_view_of_conv(y, module.layout, module.num_heads).unbind(0)
-        return merge_heads(F.scaled_dot_product_attention(q, k, v))
+        q, k, v = ops.qkv_view_of_conv(y, layout, num_heads).unbind(0)
+        return ops.merge_heads(F.scaled_dot_product_attention(q, k, v))
 
 
 class CpuBackend(Backend):
@@ -129,37 +155,28 @@ class CpuBackend(Backend):
                    "long windows), fused softmax attention; in inference each block half (LN + op + "
                    "residual) fused")
     devices = ("cpu",)
-    dtypes = (torch.float32, torch.float64)
+    dtypes = OPS["attention"].limits[CPU].dtypes
     # No atomics: each output element has one owning thread and sums run in a fixed order
     # for a given thread count; the projection's backward is ATen's convolution backward.
     deterministic_devices = ("cpu",)
+    fuses = frozenset({"spatial_attention", "feed_forward"})
 
     def unavailable_reason(self):
         return EXTENSION_ERROR
 
-    def attention(self, module, x):
-        weight, bias = module.folded_qkv()
-        winograd = None
-        tile = ops.winograd_tile(weight.shape[-1], module.channels) if module.layout == TEMPORAL else 0
-        if tile:
-            winograd = module.derived_from_fold("winograd", weight, lambda w: ops.winograd_weight(w, tile))
-        qkv = ops.qkv_projection(x, weight, bias, module.num_heads, module.layout, winograd)
-        return ops.attention(qkv)
+    def prepare(self, weight, layout):
+        tile = ops.winograd_tile(weight.shape[-1], weight.shape[1]) if layout == TEMPORAL else 0
+        return {"winograd_weight": ops.winograd_weight(weight, tile)} if tile else {}
 
-    # The fused halves have no backward: they serve inference (eval, autograd off).
-    def attention_residual(self, block, x):
-        attn = block.attn
-        if attn.layout != SPATIAL or not _fusable_half(block, x, block.norm1, attn):
-            return super().attention_residual(block, x)
-        _checks.check_tokens(x, attn.num_tokens, attn.num_features, type(attn).__name__)
-        weight, bias = attn.folded_qkv()
-        norm = block.norm1
-        return ops.spatial_attention_residual(x, norm.weight, norm.bias, norm.eps, weight, bias, attn.num_heads)
+    def dmhcsa(self, x, weight, bias, num_heads, layout, winograd_weight=None):
+        return ops.attention(ops.qkv_projection(x, weight, bias, num_heads, layout, winograd_weight))
 
-    def feed_forward_residual(self, block, x):
-        if not _fusable_half(block, x, block.norm2, block.mlp):
-            return super().feed_forward_residual(block, x)
-        return ops.feed_forward_residual(x, block.norm2, block.mlp[0], block.mlp[2])
+    def fused_attention_residual(self, x, norm_weight, norm_bias, eps, weight, bias, num_heads, layout,
+                                 **prepared):
+        return ops.spatial_attention_residual(x, norm_weight, norm_bias, eps, weight, bias, num_heads)
+
+    def fused_feed_forward_residual(self, x, norm_weight, norm_bias, eps, w1, b1, w2, b2):
+        return ops.feed_forward_residual(x, norm_weight, norm_bias, eps, w1, b1, w2, b2)
 
 
 class TritonBackend(Backend):
@@ -183,18 +200,22 @@ class TritonBackend(Backend):
         return triton_backend.supported_devices()
 
     def unavailable_reason(self):
-        return triton_backend.unavailable_reason()
+        return triton_backend.unavailable_reason() or (
+            f"the Triton ops take their schemas from convformer_fast._C: {EXTENSION_ERROR}"
+            if EXTENSION_ERROR else None)
 
-    def not_supported_reasons(self, x):
-        reasons = super().not_supported_reasons(x)
+    def input_reasons(self, x):
+        reasons = super().input_reasons(x)
         if x.dtype == torch.bfloat16 and triton_backend.interpreted():
             reasons.append("bfloat16 under TRITON_INTERPRET=1 (the interpreter has no bfloat16 "
                            "arithmetic)")
         return reasons
 
-    def attention(self, module, x):
-        weight, bias = module.folded_qkv()
-        return triton_backend.load_ops().dmhcsa(x, weight, bias, module.num_heads, module.layout)
+    def layer_reasons(self, x, layer):
+        return OPS["attention"].limits[TRITON].reasons(x.dtype, layer.head_dim)
+
+    def dmhcsa(self, x, weight, bias, num_heads, layout, **prepared):
+        return triton_backend.load_ops().dmhcsa(x, weight, bias, num_heads, layout)
 
 
 class CudaKernelsBackend(Backend):
@@ -203,58 +224,59 @@ class CudaKernelsBackend(Backend):
     kernel source and host code run by the CPU emulator, ``torch.ops.convformer_fast_emulated``).
 
     * Spatial block halves in inference: LayerNorm -> folded conv-QKV -> attention ->
-      residual add in ONE kernel (``spatial_attention_residual``).
-    * Any DMHCSA layer (the temporal ones inside blocks): the folded conv-QKV through ATen's
-      convolution (cuDNN), then the tiled online-softmax ``attention`` kernel.
-    * Whenever autograd would record the call, or a DropPath is active, or a layer is beyond
-      the kernels' limits (d_head above 64 spatial, 32 in fp64, / 128 otherwise), the layer runs the
-      exact-fold ``torch`` path instead (the kernels have no backward).
+      residual add in ONE kernel (``spatial_attention_residual``) when the head dim is within
+      that kernel's limit; otherwise, and for temporal layers, the folded conv-QKV through
+      ATen's convolution (cuDNN), then the tiled online-softmax ``attention`` kernel.
+    * Declared handoff to ``torch``: a layer that autograd records (the kernels have no
+      backward) or whose head dim is beyond the attention kernel.
     """
 
     dtypes = FLOAT_DTYPES
-    #: Largest head dim of each kernel (csrc/kernel_ops.h; tests/test_cuda_emulated.py checks them).
-    SPATIAL_MAX_HEAD_DIM = 64
-    SPATIAL_MAX_HEAD_DIM_FP64 = 32  # registers: a thread's query and output rows of doubles
-    ATTENTION_MAX_HEAD_DIM = 128
+    handoff = "torch"
+    fuses = frozenset({"spatial_attention"})
+    _implementation = CUDA
 
-    def spatial_max_head_dim(self, dtype: torch.dtype) -> int:
-        return self.SPATIAL_MAX_HEAD_DIM_FP64 if dtype == torch.float64 else self.SPATIAL_MAX_HEAD_DIM
+    @property
+    def handoff_when(self) -> tuple[str, ...]:
+        limit = ("the attention kernel's limit" if EXTENSION_ERROR
+                 else f"{ops.limits.attention_max_head_dim()}, the attention kernel's limit")
+        return ("autograd records the layer: the kernels are inference-only",
+                f"its head_dim is above {limit}")
 
     def _ops(self):
         return ops.kernel_ops(self.emulated)
 
-    def attention(self, module, x):
-        if _needs_grad(x, module) or module.head_dim > self.ATTENTION_MAX_HEAD_DIM:
-            return BACKENDS["torch"].attention(module, x)
-        weight, bias = module.folded_qkv()
-        kernels = self._ops()
-        qkv = kernels.qkv_projection(x, weight, bias, module.num_heads, module.layout)
-        return kernels.attention(qkv)[0]
+    def layer_reasons(self, x, layer):
+        reasons = []
+        if layer.needs_grad:
+            reasons.append("needs gradients: the cuda kernels are inference-only")
+        reasons += OPS["attention"].limits[self._implementation].reasons(x.dtype, layer.head_dim)
+        return reasons
 
-    def attention_residual(self, block, x):
-        attn, norm = block.attn, block.norm1
-        fused = (attn.layout == SPATIAL and attn.head_dim <= self.spatial_max_head_dim(x.dtype)
-                 and norm.weight is not None and norm.bias is not None
-                 and _fusable_half(block, x, norm, attn))
-        if not fused:  # temporal layers reach self.attention through block.attn
-            return super().attention_residual(block, x)
-        weight, bias = attn.folded_qkv()
-        return self._ops().spatial_attention_residual(x, norm.weight, norm.bias, norm.eps, weight, bias,
-                                                      attn.num_heads)
+    def dmhcsa(self, x, weight, bias, num_heads, layout, **prepared):
+        kernels = self._ops()
+        return kernels.attention(kernels.qkv_projection(x, weight, bias, num_heads, layout))[0]
+
+    def can_fuse_attention(self, x, layout, head_dim):
+        limits = OPS["spatial_attention_residual"].limits[self._implementation]
+        return layout == SPATIAL and not limits.reasons(x.dtype, head_dim)
+
+    def fused_attention_residual(self, x, norm_weight, norm_bias, eps, weight, bias, num_heads, layout,
+                                 **prepared):
+        return self._ops().spatial_attention_residual(x, norm_weight, norm_bias, eps, weight, bias, num_heads)
 
 
 class CudaBackend(CudaKernelsBackend):
     name = "cuda"
     description = ("hand-written CUDA kernels (kernels/): fused LayerNorm + folded conv-QKV + attention "
                    "+ residual for spatial layers, cuDNN conv-QKV + tiled online-softmax attention for "
-                   "temporal ones; inference only (gradients take the torch path)")
+                   "temporal ones; inference only")
     devices = ("cuda",)
 
     def unavailable_reason(self):
         if EXTENSION_ERROR:
             return EXTENSION_ERROR
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(
-                "convformer_fast::spatial_attention_residual", "CUDA"):
+        if not ops.cuda_kernels_built():
             return ("convformer_fast._C was built without its CUDA kernels (build where nvcc is "
                     "found, or with FORCE_CUDA=1)")
         if not torch.cuda.is_available():
@@ -266,9 +288,10 @@ class CudaEmulatedBackend(CudaKernelsBackend):
     name = "cuda_emulated"
     description = ("the cuda backend's kernel source and host code on CPU tensors, run by the CPU "
                    "emulator with shared-memory bounds, uninitialised-read and race checks (slow: "
-                   "for tests and debugging); inference only (gradients take the torch path)")
+                   "for tests and debugging); inference only")
     devices = ("cpu",)
     emulated = True
+    _implementation = EMULATED
 
     def unavailable_reason(self):
         return EXTENSION_ERROR
@@ -299,6 +322,8 @@ class BackendInfo:
     description: str
     deterministic_devices: tuple[str, ...]  # those of `devices` where it is deterministic
     emulated: bool = False  # an emulation for tests: left out of default benchmarks
+    handoff: str = ""  # the backend that serves the layers this one declines ("" if none)
+    handoff_when: tuple[str, ...] = ()
 
 
 def available_backends() -> dict[str, BackendInfo]:
@@ -308,7 +333,8 @@ def available_backends() -> dict[str, BackendInfo]:
         reason = backend.unavailable_reason()
         deterministic = tuple(d for d in backend.devices if d in backend.deterministic_devices)
         infos[name] = BackendInfo(name, reason is None, reason or "", backend.devices, backend.description,
-                                  deterministic, backend.emulated)
+                                  deterministic, backend.emulated, backend.handoff or "",
+                                  tuple(backend.handoff_when))
     return infos
 
 
@@ -321,40 +347,62 @@ def check_backend_name(name: str) -> str:
     return name
 
 
-_warned_fallback = False
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Would autograd record a call on these tensors (so an inference-only kernel must not
+    serve it)?"""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def select_backend(name: str, x: torch.Tensor) -> Backend:
-    """The backend that computes for input ``x`` under the module setting ``name``."""
+def resolve(name: str | Backend, x: torch.Tensor, layer: Layer | None = None) -> Backend:
+    """The backend that computes ``layer`` for input ``x`` under the setting ``name``
+    (a backend name, ``"auto"``, or a Backend), its declared handoff applied."""
+    backend = name if isinstance(name, Backend) else _named_or_auto(name, x, layer)
+    if layer is not None and backend.handoff and backend.layer_reasons(x, layer):
+        return resolve(backend.handoff, x, layer)
+    return backend
+
+
+def _named_or_auto(name: str, x: torch.Tensor, layer: Layer | None) -> Backend:
     if name == AUTO:
         override = os.environ.get(AUTO_ENV_VAR)
         if override:
             name = check_backend_name(override)
     if name != AUTO:
         backend = BACKENDS[name]
-        reasons = backend.not_supported_reasons(x)
+        reasons = backend.input_reasons(x)
+        if not reasons and layer is not None and not backend.handoff:
+            reasons = backend.layer_reasons(x, layer)
         if reasons:
             raise ValueError(f"backend {name!r} cannot run this input: " + "; ".join(reasons))
         nondeterminism = backend.nondeterminism(x)
         if nondeterminism:
             if not torch.is_deterministic_algorithms_warn_only_enabled():
                 raise RuntimeError(nondeterminism)
-            warnings.warn(nondeterminism, UserWarning, stacklevel=3)
+            warnings.warn(nondeterminism, UserWarning, stacklevel=4)
         return backend
     for candidate in AUTO_PRIORITY.get(x.device.type, ("torch",)):
         backend = BACKENDS[candidate]
-        if not backend.not_supported_reasons(x) and not backend.nondeterminism(x):
-            _warn_if_extension_missing(candidate)
-            return backend
+        if not backend.input_reasons(x) and not backend.nondeterminism(x):
+            if backend.handoff or layer is None or not backend.layer_reasons(x, layer):
+                _warn_if_extension_missing(candidate)
+                return backend
     return BACKENDS["eager"]
+
+
+def select_backend(name: str, x: torch.Tensor) -> Backend:
+    """The backend ``name`` stands for on input ``x`` (no layer: input-level checks only)."""
+    return resolve(name, x)
+
+
+_warned_fallback = False
 
 
 def _warn_if_extension_missing(chosen: str) -> None:
     global _warned_fallback
-    if chosen == "torch" and not extension_loaded() and not _warned_fallback:
+    if chosen == "torch" and EXTENSION_ERROR and not _warned_fallback:
         _warned_fallback = True
         warnings.warn(
             f"convformer_fast: backend 'auto' falls back to 'torch': {EXTENSION_ERROR}",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )

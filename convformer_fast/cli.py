@@ -17,7 +17,8 @@ import sys
 
 import torch
 
-from . import __version__, perf_cli
+from . import __version__, ops
+from .perf import commands as perf_commands
 from .backends import BACKENDS, available_backends
 from .fast import ConvFormerFast
 from .pose.commands import add_pose_commands
@@ -52,20 +53,17 @@ def cmd_info(args) -> int:
     print(f"cpu             {_cpu_model()}, {os.cpu_count()} logical cores, "
           f"capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"threads         torch.get_num_threads() = {torch.get_num_threads()}")
-    cuda_ops = torch._C._dispatch_has_kernel_for_dispatch_key(
-        "convformer_fast::qkv_projection", "CUDA") if _has_op() else False
-    print(f"_C              {'loaded' if _has_op() else 'not loaded'}; CUDA kernels built: {cuda_ops}")
+    state = "loaded" if ops.extension_loaded() else f"not usable: {ops.EXTENSION_ERROR}"
+    print(f"_C              {state}; CUDA kernels built: {ops.cuda_kernels_built()}")
     print("backends:")
     for name, info in available_backends().items():
         state = "available" if info.available else f"unavailable: {info.reason}"
         print(f"  {name:<14} {state}")
         print(f"  {'':<14} {info.description}; devices {list(info.devices)}; "
               f"deterministic on {list(info.deterministic_devices)}")
+        if info.handoff:
+            print(f"  {'':<14} hands a layer to {info.handoff!r} when " + "; or when ".join(info.handoff_when))
     return 0
-
-
-def _has_op() -> bool:
-    return hasattr(torch.ops, "convformer_fast") and hasattr(torch.ops.convformer_fast, "qkv_projection")
 
 
 def cmd_check(args) -> int:
@@ -100,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--preset", default="h36m-243", choices=sorted(PRESETS))
     check.add_argument("--batch", type=int, default=1)
     check.set_defaults(func=cmd_check)
-    perf_cli.add_subcommands(sub)  # bench, flops, kernels
+    perf_commands.add_subcommands(sub)  # bench, flops, kernels
     add_pose_commands(sub)  # train, eval, infer
     return parser
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _checks
-from .backends import AUTO, check_backend_name, select_backend
+from . import _checks, functional
+from .backends import AUTO, Backend, Layer, check_backend_name, needs_grad, resolve
 from .fold import fold_qkv
 from .reference import DMHCSA, ConvFormer, ConvFormerBlock
 
@@ -77,17 +77,34 @@ class DMHCSAFast(DMHCSA):
             self._fold_cache = cached[:3] + ({**cached[3], name: value},)
         return value
 
+    def resolve_backend(self, x: torch.Tensor, *modules: nn.Module) -> Backend:
+        """The backend that computes this layer on ``x`` (its declared handoff applied);
+        ``modules``: others whose parameters share the call (the block's LayerNorm)."""
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(
+            p.requires_grad for m in (self, *modules) for p in m.parameters()))
+        return resolve(self.backend, x, Layer(self.layout, self.head_dim, grad))
+
+    def prepared_weights(self, backend: Backend, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``backend.prepare(weight)`` for the folded ``weight`` just returned by
+        :meth:`folded_qkv`, cached beside the fold."""
+        return self.derived_from_fold(backend.name, weight, lambda w: backend.prepare(w, self.layout))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _checks.check_tokens(x, self.num_tokens, self.num_features, type(self).__name__)
-        return select_backend(self.backend, x).attention(self, x)
+        backend = self.resolve_backend(x)
+        if not backend.folds:
+            return DMHCSA.forward(self, x)
+        weight, bias = self.folded_qkv()
+        return backend.dmhcsa(x, weight, bias, self.num_heads, self.layout,
+                              **self.prepared_weights(backend, weight))
 
 
 class ConvFormerBlockFast(ConvFormerBlock):
     """:class:`ConvFormerBlock` whose attention is a :class:`DMHCSAFast`.
 
-    Each half of the block (paper eq. 8) goes to the backend, which may fuse the half's
-    LayerNorm, its main op and the residual add into one kernel (see
-    :meth:`convformer_fast.backends.Backend.attention_residual`).
+    The backend is resolved once per forward; each half of the block (paper eq. 8) is then
+    one call of :mod:`convformer_fast.functional`, which a backend may fuse into one kernel
+    (LayerNorm, main op, residual add) in inference.
     """
 
     attention_cls = DMHCSAFast
@@ -96,9 +113,22 @@ class ConvFormerBlockFast(ConvFormerBlock):
         super().__init__(*args, backend=backend, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        backend = select_backend(self.attn.backend, x)
-        x = backend.attention_residual(self, x)
-        return backend.feed_forward_residual(self, x)
+        attn, norm1, norm2 = self.attn, self.norm1, self.norm2
+        _checks.check_tokens(x, attn.num_tokens, attn.num_features, type(attn).__name__)
+        backend = attn.resolve_backend(x, norm1)
+        if not backend.folds:
+            return ConvFormerBlock.forward(self, x)
+        # DropPath draws its mask after the branch, in the eager order (aggregation dropout
+        # in the fold first); an active one keeps the halves unfused.
+        branch = self.drop_path if self.drop_path.training and self.drop_path.p > 0 else None
+        weight, bias = attn.folded_qkv()
+        x = functional.attention_residual(
+            x, norm1.weight, norm1.bias, norm1.eps, weight, bias, attn.num_heads, attn.layout,
+            backend=backend, branch=branch, prepared=attn.prepared_weights(backend, weight))
+        fc1, fc2 = self.mlp[0], self.mlp[2]
+        return functional.feed_forward_residual(
+            x, norm2.weight, norm2.bias, norm2.eps, fc1.weight, fc1.bias, fc2.weight, fc2.bias,
+            backend=backend, branch=branch)
 
 
 class ConvFormerFast(ConvFormer):

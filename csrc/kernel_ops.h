@@ -22,22 +22,12 @@
 #include <utility>
 
 #include "attention.cuh"
+#include "kernel_limits.h"
 #include "qkv_projection.h"
 #include "spatial_attention_residual.cuh"
 
 namespace convformer_fast {
 
-// Head-dim limits of the kernels: each is compiled for a few register budgets (the largest
-// head dimension a thread keeps in registers) and a layer is served by the smallest that fits.
-constexpr int kSpatialHeadDimBuckets[] = {8, 32, 64};
-// fp64 stops at 32: a thread keeps its query and output rows in registers, and 2 x 64
-// doubles are all 255 registers a thread may have (that build spilled ~160 B on sm_80/90).
-constexpr int kSpatialHeadDimBucketsFp64[] = {8, 32};
-constexpr int kAttentionHeadDimBuckets[] = {16, 32, 72, 128};  // 72: the paper's d_head = 68
-// Each kernel's limit is its largest bucket.
-constexpr int kSpatialMaxHeadDim = std::end(kSpatialHeadDimBuckets)[-1];
-constexpr int kSpatialMaxHeadDimFp64 = std::end(kSpatialHeadDimBucketsFp64)[-1];
-constexpr int kAttentionMaxHeadDim = std::end(kAttentionHeadDimBuckets)[-1];
 // A block may use 48 KiB of dynamic shared memory without opting in; beyond that (up to the
 // device's opt-in limit) the CUDA launcher raises the kernel's limit first.
 constexpr size_t kDefaultSharedMemory = 48 * 1024;

@@ -47,6 +47,9 @@ TORCH_LIBRARY(convformer_fast, m) {
   m.def(
       "feed_forward_residual(Tensor x, Tensor norm_weight, Tensor norm_bias, float eps, Tensor w1, "
       "Tensor b1, Tensor w2, Tensor b2) -> Tensor");
+  // A limit of our kernels by name (csrc/kernel_limits.h), for Python: head-dim buckets,
+  // shared memory per target, Winograd points. No tensors: one kernel for every device.
+  m.def("kernel_limits(str name) -> int[]");
 }
 
 // The CUDA kernels' source run on the CPU by the emulator (backend="cuda_emulated",

@@ -1,8 +1,10 @@
-// Argument checks and geometry for convformer_fast::qkv_projection, shared by every device.
+// Argument checks, geometry and the backward of convformer_fast::qkv_projection, shared by
+// every device (csrc/cpu/qkv_projection.cpp, csrc/cuda/qkv_projection.cu, csrc/emulated/).
 #pragma once
 
 #include <ATen/ATen.h>
 #include <string_view>
+#include <tuple>
 
 #include "qkv_layout.h"
 
@@ -69,6 +71,24 @@ inline at::Tensor conv_layout_of_qkv(const at::Tensor& qkv, const QkvGeometry& g
     return qkv.permute({1, 0, 2, 4, 3}).reshape({g.batch, g.out_channels(), g.tokens});
   }
   return qkv.permute({1, 0, 3, 2, 4}).reshape({g.batch, g.out_channels(), g.features});
+}
+
+// The backward of every device: ATen's convolution backward on the gradient gathered back
+// into conv layout (cuDNN on CUDA, oneDNN on the CPU).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_projection_backward_aten(
+    const at::Tensor& grad_qkv, const at::Tensor& x, const at::Tensor& weight, int64_t num_heads,
+    c10::string_view layout) {
+  const auto g = qkv_geometry("qkv_projection_backward", x, weight, nullptr, num_heads,
+                              std::string_view(layout.data(), layout.size()));
+  TORCH_CHECK_VALUE(grad_qkv.sizes() == at::IntArrayRef(qkv_shape(g)),
+                    "qkv_projection_backward: grad_qkv must be ", at::IntArrayRef(qkv_shape(g)),
+                    ", got ", grad_qkv.sizes());
+  auto [grad_input, grad_weight, grad_bias] = at::convolution_backward(
+      conv_layout_of_qkv(grad_qkv.to(x.scalar_type()), g).contiguous(), conv_input(x, g), weight,
+      at::OptionalIntArrayRef({g.out_channels()}), {1}, {g.pad()}, {1}, false, {0}, 1,
+      {true, true, true});
+  at::Tensor grad_x = g.spatial ? grad_input.transpose(1, 2) : grad_input;
+  return {grad_x.contiguous(), grad_weight, grad_bias};
 }
 
 }  // namespace convformer_fast

@@ -1,4 +1,4 @@
-"""The GPU-less kernel audit (convformer_fast.audit, `convformer-fast kernels`).
+"""The GPU-less kernel audit (convformer_fast.perf.audit, `convformer-fast kernels`).
 
 * The parsers and the occupancy model against real tool output and against CUDA's own
   occupancy calculator (cuda_occupancy.h, compiled here with g++).
@@ -27,7 +27,7 @@ from collections import Counter
 
 import pytest
 
-from convformer_fast import audit
+from convformer_fast.perf import audit
 from convformer_fast._toolchain import cuda_home
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -260,7 +260,7 @@ def test_triton_kernel_that_cannot_fit_its_tile_is_failed(tmp_path):
     result = _fresh_python(f"""
         import json, sys, torch
         sys.path.insert(0, {str(tmp_path)!r})
-        from convformer_fast import audit
+        from convformer_fast.perf import audit
         audit.triton_ops()
         import planted_kernels
         rows, again = [], []

@@ -21,7 +21,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import convformer_fast as cf
 from convformer_fast import ops
-from convformer_fast.backends import BACKENDS
 from convformer_fast.fast import DMHCSAFast
 from convformer_fast.fold import fold_qkv
 
@@ -154,7 +153,7 @@ SPATIAL_SHAPES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_spatial_attention_residual_matches_reference(shape, dtype):
     frames, joints, features, heads, k = shape
-    if features // heads > BACKENDS["cuda_emulated"].spatial_max_head_dim(dtype):
+    if features // heads > ops.limits.spatial_max_head_dim(dtype):
         pytest.skip(f"d_head {features // heads} is above the {dtype} kernel's limit (tested in "
                     "test_python_limits_match_the_kernels)")
     args = spatial_args(*shape)
@@ -332,7 +331,7 @@ def test_model_in_inference_runs_every_layer_on_the_kernels():
 
 def test_flop_count_equals_the_torch_backend():
     """The kernels' FLOP formulas count what the exact fold does (convformer_fast/flops.py)."""
-    from convformer_fast.flops import flop_counter_flops
+    from convformer_fast.perf.flops import flop_counter_flops
 
     config = dict(num_frames=9, num_joints=17, embed_dim=16, kernel_sizes=(3, 7), num_heads=4)
     counts = {}
@@ -381,9 +380,8 @@ def test_active_drop_path_falls_back_with_eager_random_order():
 
 
 def test_layers_beyond_the_kernel_limits_take_the_torch_path():
-    backend = BACKENDS["cuda_emulated"]
     layer = randomized(DMHCSAFast("temporal", 5, 2 * 130, (3,), 2, backend="cuda_emulated")).eval()
-    assert layer.head_dim > backend.ATTENTION_MAX_HEAD_DIM
+    assert layer.head_dim > ops.limits.attention_max_head_dim()
     ref = cf.DMHCSA("temporal", 5, 260, (3,), 2).eval()
     ref.load_state_dict(layer.state_dict())
     x = torch.randn(1, 5, 260)
@@ -394,13 +392,12 @@ def test_layers_beyond_the_kernel_limits_take_the_torch_path():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_python_limits_match_the_kernels(dtype):
-    backend = BACKENDS["cuda_emulated"]
-    limit = backend.spatial_max_head_dim(dtype)
+    limit = ops.limits.spatial_max_head_dim(dtype)
     emulated().spatial_attention_residual(*spatial_args(1, 3, limit, 1, 3, dtype=dtype))  # at the limit: served
     with pytest.raises(ValueError, match=f"d_head = F / num_heads = {limit + 1} / 1 = {limit + 1} exceeds "
                                          f"the kernel's limit of {limit}"):
         emulated().spatial_attention_residual(*spatial_args(1, 3, limit + 1, 1, 3, dtype=dtype))
-    limit = backend.ATTENTION_MAX_HEAD_DIM
+    limit = ops.limits.attention_max_head_dim()
     emulated().attention(random_qkv(1, 1, 3, limit))
     with pytest.raises(ValueError, match=f"attention: d_head = {limit + 1} exceeds the kernel's limit of {limit}"):
         emulated().attention(random_qkv(1, 1, 3, limit + 1))

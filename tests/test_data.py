@@ -1,4 +1,4 @@
-"""Tests for convformer_fast.data: cameras, loaders, windows, flips, synthetic data."""
+"""Tests for convformer_fast.pose.data: cameras, loaders, windows, flips, synthetic data."""
 
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from convformer_fast.data import (
+from convformer_fast.pose.data import (
     H36M_17,
     H36M_KEEP_JOINTS,
     HUMANEVA_15,
@@ -31,7 +31,7 @@ from convformer_fast.data import (
     window_indices,
     world_to_camera,
 )
-from convformer_fast.data import synthetic
+from convformer_fast.pose.data import synthetic
 
 H36M_META = {
     "layout_name": "h36m",

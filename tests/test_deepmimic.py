@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from convformer_fast.data import H36M_17, bone_lengths
-from convformer_fast.data.custom import load_custom_2d
-from convformer_fast.data.deepmimic import (ATTRIBUTION, DEEPMIMIC_JOINTS, DEFAULT_CLIPS, DEFAULT_PATH,
+from convformer_fast.pose.data import H36M_17, bone_lengths
+from convformer_fast.pose.data.custom import load_custom_2d
+from convformer_fast.pose.data.deepmimic import (ATTRIBUTION, DEEPMIMIC_JOINTS, DEFAULT_CLIPS, DEFAULT_PATH,
                                             _camera_from_array, export_custom_2d, forward_kinematics_deepmimic,
                                             load_deepmimic, read_motion, read_urdf_offsets, write_deepmimic_npz)
 

@@ -81,7 +81,7 @@ def test_cpu_backend_computes_long_windows_with_winograd():
     with torch.no_grad():
         layer(torch.randn(2, 129, 12))
     weight = layer._fold_cache[1]
-    torch.testing.assert_close(layer._fold_cache[3]["winograd"], cf.ops.winograd_weight(weight, 4))
+    torch.testing.assert_close(layer._fold_cache[3]["cpu"]["winograd_weight"], cf.ops.winograd_weight(weight, 4))
 
 
 def test_layer_level_modules(fast_backend):

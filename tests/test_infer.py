@@ -9,9 +9,9 @@ import torch
 
 import convformer_fast as cf
 from convformer_fast.cli import main
-from convformer_fast.data import extract_window, flip_test_time_augmentation, write_synthetic_h36m
-from convformer_fast.data.custom import load_custom_2d, write_custom_2d
-from convformer_fast.data.skeleton import H36M_17
+from convformer_fast.pose.data import extract_window, flip_test_time_augmentation, write_synthetic_h36m
+from convformer_fast.pose.data.custom import load_custom_2d, write_custom_2d
+from convformer_fast.pose.data.skeleton import H36M_17
 from convformer_fast.pose.checkpoint import save_checkpoint
 from convformer_fast.pose.keypoints import COCO_17_NAMES, coco_to_h36m, fill_missing, prepare_keypoints
 from convformer_fast.pose.lifting import lift_sequence

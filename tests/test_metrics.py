@@ -1,4 +1,4 @@
-"""Hand-checked cases for convformer_fast.metrics (Protocols I-III, PCK, AUC)."""
+"""Hand-checked cases for convformer_fast.pose.metrics (Protocols I-III, PCK, AUC)."""
 
 from collections import OrderedDict
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from convformer_fast import metrics as M
+from convformer_fast.pose import metrics as M
 
 
 def _rotation(axis, angle):

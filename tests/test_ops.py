@@ -249,13 +249,18 @@ def feed_forward_args(shape, hidden, dtype=torch.float32):
     return x, norm, fc1, fc2
 
 
+def module_tensors(norm, fc1, fc2):
+    """The functional op's arguments after x, from the modules."""
+    return (norm.weight, norm.bias, norm.eps, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, (1e-4, 1e-5)), (torch.float64, (1e-10, 1e-12))], ids=str)
 @pytest.mark.parametrize("shape,hidden", FEED_FORWARD_SHAPES, ids=str)
 def test_feed_forward_residual_matches_modules(shape, hidden, dtype, tol):
     x, norm, fc1, fc2 = feed_forward_args(shape, hidden, dtype)
     with torch.no_grad():
         expected = x + fc2(F.gelu(fc1(norm(x))))
-        torch.testing.assert_close(ops.feed_forward_residual(x, norm, fc1, fc2), expected,
+        torch.testing.assert_close(ops.feed_forward_residual(x, *module_tensors(norm, fc1, fc2)), expected,
                                    rtol=tol[0], atol=tol[1])
 
 
@@ -267,10 +272,10 @@ def test_feed_forward_residual_opcheck_and_edges():
     torch.library.opcheck(op, (x, *params))
     torch.library.opcheck(op, (x.transpose(0, 1), *params))  # strided input
     with torch.no_grad():
-        assert ops.feed_forward_residual(x[:0], norm, fc1, fc2).shape == (0, 17, 8)
+        assert ops.feed_forward_residual(x[:0], *module_tensors(norm, fc1, fc2)).shape == (0, 17, 8)
         x = x.clone()
         x[7, 2, 3] = float("inf")
-        out = ops.feed_forward_residual(x, norm, fc1, fc2)
+        out = ops.feed_forward_residual(x, *module_tensors(norm, fc1, fc2))
     assert out[7, 2].isnan().all() and not out[7, 3].isnan().any() and out[:7].isfinite().all()
 
 

@@ -12,8 +12,8 @@ import torch
 
 import convformer_fast as cf
 from convformer_fast.cli import main
-from convformer_fast.data import PoseSequence, PoseWindowDataset, write_synthetic_h36m
-from convformer_fast.metrics import H36M_ACTIONS
+from convformer_fast.pose.data import PoseSequence, PoseWindowDataset, write_synthetic_h36m
+from convformer_fast.pose.metrics import H36M_ACTIONS
 from convformer_fast.pose import evaluate as evaluate_module
 from convformer_fast.pose.checkpoint import CheckpointError, load_checkpoint
 from convformer_fast.pose.datasets import h36m_sequences

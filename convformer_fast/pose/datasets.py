@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-from ..data.deepmimic import load_deepmimic
-from ..data.h36m import h36m_paths, load_h36m
-from ..data.synthetic import write_synthetic_h36m
-from ..metrics import H36M_ACTION_FULL_NAMES
+from .data.deepmimic import load_deepmimic
+from .data.h36m import h36m_paths, load_h36m
+from .data.synthetic import write_synthetic_h36m
+from .metrics import H36M_ACTION_FULL_NAMES
 
 __all__ = ["SYNTHETIC_ALL_ACTIONS", "ensure_synthetic", "h36m_sequences", "deepmimic_sequences"]
 
@@ -34,5 +34,5 @@ def h36m_sequences(data_dir, keypoints: str = "gt", subjects="train",
 
 
 def deepmimic_sequences(clips: Optional[Sequence[str]] = None):
-    """The bundled real-motion clips (see :mod:`convformer_fast.data.deepmimic`), metres."""
+    """The bundled real-motion clips (see :mod:`convformer_fast.pose.data.deepmimic`), metres."""
     return load_deepmimic(clips=clips)

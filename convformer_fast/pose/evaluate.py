@@ -24,9 +24,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .. import metrics
-from ..data.skeleton import H36M_17
-from ..data.windows import PoseSequence
+from . import metrics
+from .data.skeleton import H36M_17
+from .data.windows import PoseSequence
 from .lifting import lift_sequence
 from .runtime import add_runtime_arguments, apply_threads, resolve_device
 

@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from ..data.skeleton import H36M_17
+from .data.skeleton import H36M_17
 from .keypoints import prepare_keypoints
 from .runtime import add_runtime_arguments, apply_threads, resolve_device
 
@@ -60,7 +60,7 @@ def load_videos(args) -> list[dict]:
     """``[{'name', 'inputs' (F, 17, 2) normalised, 'pixels' or None, 'w', 'h', 'filled'}]``."""
     path = args.keypoints
     if path.endswith(".npz"):
-        from ..data.custom import load_custom_2d
+        from .data.custom import load_custom_2d
         videos, metadata = load_custom_2d(path)
         layout = metadata["layout_name"] if args.layout == "auto" else args.layout
         if layout not in ("coco", "h36m"):

@@ -14,8 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..data.camera import normalize_screen_coordinates
-from ..data.skeleton import H36M_17_NAMES
+from .data.camera import normalize_screen_coordinates
+from .data.skeleton import H36M_17_NAMES
 
 __all__ = [
     "COCO_17_NAMES",

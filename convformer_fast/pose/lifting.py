@@ -6,7 +6,7 @@ blocks and head across the window. Part (1) does not depend on which window a fr
 in, so for a sequence of F frames with one window per output frame it is computed once per
 frame (F times instead of F*T) and the T-frame windows are gathered from those per-frame
 features for part (2). Edge padding (the first/last frame repeated, as
-:func:`convformer_fast.data.window_indices`) becomes repeating the first/last frame's
+:func:`convformer_fast.pose.data.window_indices`) becomes repeating the first/last frame's
 features, which is the same thing because part (1) is per frame.
 
 :func:`lift_sequence` equals running the model on every edge-padded window (checked in
@@ -63,7 +63,7 @@ def temporal_forward(model: ConvFormer, features: torch.Tensor) -> torch.Tensor:
 def window_index_matrix(num_frames: int, centers: torch.Tensor, length: int) -> torch.Tensor:
     """``(len(centers), length)`` frame indices, window centred on each centre, edge-clamped.
 
-    Same convention as :func:`convformer_fast.data.window_indices` (the target sits at
+    Same convention as :func:`convformer_fast.pose.data.window_indices` (the target sits at
     position ``length // 2``).
     """
     offsets = torch.arange(length, device=centers.device) - length // 2
@@ -119,7 +119,7 @@ def lift_sequence(model, keypoints, centers: Optional[Sequence[int]] = None, bat
     try:
         pred = _lift(net, x, c, batch_size, frame_chunk)
         if flip_symmetry is not None:
-            from ..data.skeleton import flip_horizontal
+            from .data.skeleton import flip_horizontal
             kl, kr, jl, jr = flip_symmetry
             mirrored = _lift(net, flip_horizontal(x, kl, kr), c, batch_size, frame_chunk)
             pred = (pred + flip_horizontal(mirrored, jl, jr)) / 2

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..data.skeleton import H36M_17, Skeleton
+from .data.skeleton import H36M_17, Skeleton
 
 __all__ = ["render_animation"]
 

@@ -36,9 +36,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from .. import metrics
-from ..data.skeleton import H36M_17
-from ..data.windows import PoseWindowDataset
+from . import metrics
+from .data.skeleton import H36M_17
+from .data.windows import PoseWindowDataset
 from ..fast import ConvFormerFast
 from ..presets import PRESETS, preset_config
 from .checkpoint import (CheckpointError, config_differences, load_checkpoint, load_model_weights,

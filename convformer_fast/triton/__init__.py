@@ -22,6 +22,9 @@ from types import ModuleType
 import torch
 
 INTERPRET_ENV_VAR = "TRITON_INTERPRET"
+#: Largest head dim of the kernels: BLOCK_D = 256 (the paper's d = 64 model has
+#: J*d/h = 136 -> 256).
+MAX_HEAD_DIM = 256
 _KERNELS_MODULE = __name__ + ".kernels"
 
 _triton_import_error: str | None = None

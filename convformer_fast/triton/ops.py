@@ -1,9 +1,11 @@
 """Launch wrappers, ``torch.library`` ops and autograd of the Triton backend.
 
-Ops (namespace ``convformer_fast``, every name prefixed ``triton_`` so that they never
-collide with the C++ ops of ``convformer_fast._C``):
+The Triton kernels implement the ops of the registry (:mod:`convformer_fast.ops`) under
+the prefix ``triton_`` in namespace ``convformer_fast``, with the schemas ``csrc/ops.cpp``
+wrote for the C++ ops (read back from the loaded library, never written twice):
 
-    triton_qkv_projection(x, weight, bias, num_heads, layout) -> qkv (3, N, h, S, F/h)
+    triton_qkv_projection(x, weight, bias, num_heads, layout, winograd_weight=None)
+        -> qkv (3, N, h, S, F/h)          (winograd_weight, a CPU shortcut, is ignored)
     triton_qkv_projection_backward(grad_qkv, x, weight, num_heads, layout)
         -> (grad_x, grad_weight, grad_bias)
     triton_attention(qkv) -> (out (N, S, h * d_head), lse2 (N, h, S))
@@ -26,12 +28,10 @@ from typing import Any, Callable
 import torch
 import triton
 
-from . import kernels
+from ..ops.spec import NAMESPACE, TRITON_PREFIX, library_schema
+from . import MAX_HEAD_DIM, kernels
 
 INTERPRETED = kernels.INTERPRETED
-NAMESPACE = "convformer_fast"
-# Largest head dim: BLOCK_D = 256 (the paper's d = 64 model has J*d/h = 136 -> 256).
-MAX_HEAD_DIM = 256
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 LAYOUTS = ("spatial", "temporal")
 # Kernel offsets are int32.
@@ -151,7 +151,7 @@ _ATTN_BWD = "triton_attention_backward"
 
 # ---------------------------------------------------------------------------------------
 # Launch plans: the one place where kernel arguments are derived from the op's tensors.
-# The ops run them; convformer_fast.audit compiles them for sm_80 / sm_90 without a GPU
+# The ops run them; convformer_fast.perf.audit compiles them for sm_80 / sm_90 without a GPU
 # (from "meta" tensors), so the audit sees exactly the specialisations the ops launch.
 # ---------------------------------------------------------------------------------------
 
@@ -307,7 +307,7 @@ def attention_backward_plan(grad_out, qkv, out, lse, allow_tf32=False):
 # ---------------------------------------------------------------------------------------
 
 
-def _qkv_projection_impl(x, weight, bias, num_heads, layout):
+def _qkv_projection_impl(x, weight, bias, num_heads, layout, winograd_weight=None):
     _check_tensors(_PROJ, x=x, weight=weight, bias=bias)
     qkv, launches = qkv_projection_plan(x, weight, bias, num_heads, layout, _allow_tf32(x))
     _run(launches, x)
@@ -353,7 +353,7 @@ def _attention_backward_impl(grad_out, qkv, out, lse):
 # ---------------------------------------------------------------------------------------
 
 
-def _qkv_projection_fake(x, weight, bias, num_heads, layout):
+def _qkv_projection_fake(x, weight, bias, num_heads, layout, winograd_weight=None):
     _check_tensors(_PROJ, x=x, weight=weight, bias=bias)
     n, s, f, _, _, _, head_dim = _projection_geometry(_PROJ, x, weight, num_heads, layout, bias)
     return x.new_empty((3, n, num_heads, s, head_dim))
@@ -378,23 +378,15 @@ def _attention_backward_fake(grad_out, qkv, out, lse):
 # Registration
 # ---------------------------------------------------------------------------------------
 
-_SCHEMAS = {
-    _PROJ: "(Tensor x, Tensor weight, Tensor bias, int num_heads, str layout) -> Tensor",
-    _PROJ_BWD: ("(Tensor grad_qkv, Tensor x, Tensor weight, int num_heads, str layout) "
-                "-> (Tensor, Tensor, Tensor)"),
-    _ATTN: "(Tensor qkv) -> (Tensor, Tensor)",
-    _ATTN_BWD: "(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse) -> Tensor",
-}
-
-
 def _define(name, impl, fake):
     qualname = f"{NAMESPACE}::{name}"
+    schema = library_schema(f"{NAMESPACE}::{name.removeprefix(TRITON_PREFIX)}")
     if INTERPRETED:
-        op = torch.library.custom_op(qualname, impl, mutates_args=(), schema=_SCHEMAS[name])
+        op = torch.library.custom_op(qualname, impl, mutates_args=(), schema=schema)
         op.register_fake(fake)
     else:
         # triton_op registers impl itself as the fake kernel (wrap_triton makes it traceable).
-        op = torch.library.triton_op(qualname, impl, mutates_args=(), schema=_SCHEMAS[name])
+        op = torch.library.triton_op(qualname, impl, mutates_args=(), schema=schema)
     return op
 
 
@@ -406,7 +398,7 @@ triton_attention_backward = _define(_ATTN_BWD, _attention_backward_impl, _attent
 
 
 def _projection_setup_context(ctx, inputs, output):
-    x, weight, _bias, num_heads, layout = inputs
+    x, weight, _bias, num_heads, layout, _winograd_weight = inputs
     ctx.save_for_backward(x, weight)
     ctx.num_heads, ctx.layout = num_heads, layout
 
@@ -415,7 +407,7 @@ def _projection_backward(ctx, grad_qkv):
     x, weight = ctx.saved_tensors
     grad_x, grad_weight, grad_bias = torch.ops.convformer_fast.triton_qkv_projection_backward(
         grad_qkv, x, weight, ctx.num_heads, ctx.layout)
-    return grad_x, grad_weight, grad_bias, None, None
+    return grad_x, grad_weight, grad_bias, None, None, None
 
 
 def _attention_setup_context(ctx, inputs, output):

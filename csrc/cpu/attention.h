@@ -1,4 +1,4 @@
-// Shared declarations of the CPU attention kernels (attention_kernel.cpp), whose per-head
+// Shared declarations of the CPU attention kernels (attention.cpp), whose per-head
 // code (attention_impl.h) is compiled twice: for the baseline CPU and, on x86-64, for
 // AVX2 + FMA (kernels_avx2.cpp, see avx2.h), chosen at run time.
 #pragma once

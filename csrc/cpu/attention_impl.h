@@ -1,5 +1,5 @@
 // Per-head attention kernels, templated on the element type. This file is included INSIDE a
-// namespace by attention_kernel.cpp (baseline) and kernels_avx2.cpp (AVX2 + FMA),
+// namespace by attention.cpp (baseline) and kernels_avx2.cpp (AVX2 + FMA),
 // after every header it needs, so it has no #include of its own and no include guard.
 // Needs: attention.h, gemm.h, scratch.h, <ATen/Parallel.h>, <cmath>, <cstring>, <limits>, and
 // fast_exp.h then simd.h included in the same namespace just before it.
@@ -361,7 +361,7 @@ void attention_backward(const T* grad_out, const T* qkv, const T* out, const T* 
 // The fused spatial block's attention + residual (inference, no lse), with the heads of a
 // frame in vector lanes: out(f, i, head d_head + e) = x(...) + softmax_j(scale q_i . k_j) v_j(e).
 // qkv_rows (frames J, 3F) holds Q, K, V of joint j of frame f in row f J + j, each feature-
-// major, [e][head] (spatial_block.cpp orders the projection's columns so): one head group's
+// major, [e][head] (spatial_attention_residual.cpp orders the projection's columns so): one head group's
 // values of one feature are one vector. Every operation is then a whole-vector one with no
 // padding, however short the J = 15..17 axis: the query-major kernel pads 17 queries to 24
 // lanes and works one 17 x 17 x 4 head at a time. Needs heads % kVec == 0.

@@ -1,5 +1,5 @@
 // Exact (erf) GELU in place, as nn.GELU() computes it, on whole vectors (simd.h). Included
-// INSIDE a namespace per CPU capability (feed_forward.cpp: baseline; kernels_avx2.cpp:
+// INSIDE a namespace per CPU capability (feed_forward_residual.cpp: baseline; kernels_avx2.cpp:
 // AVX2 + FMA) after fast_exp.h and simd.h; no includes, no include guard.
 //
 // float: erf from Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7) on the branch-free

@@ -1,6 +1,6 @@
 // The folded conv-QKV projection of the spatial layout on the CPU as im2col GEMMs
 // (spatial_projection.cpp), and the chunk step it shares with the fused spatial block
-// (spatial_block.cpp).
+// (spatial_attention_residual.cpp).
 #pragma once
 
 #include <ATen/ATen.h>

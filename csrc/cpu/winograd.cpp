@@ -1,5 +1,5 @@
 // Winograd temporal conv-QKV projection on the CPU (see winograd.h for the maths) and the
-// op convformer_fast::winograd_weight that prepares its weights.
+// weight transform behind the op convformer_fast::winograd_weight (winograd_weight.cpp).
 //
 // Work per call: the input transform (X~, alpha x C x tiles, about 1.3 MB at T = 243), then
 // per chunk of samples the alpha point GEMMs as one batched BLAS call (threaded by BLAS:
@@ -9,7 +9,6 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -164,10 +163,6 @@ at::Tensor temporal_winograd_projection(const at::Tensor& x_in, const at::Tensor
     }
   });
   return y;
-}
-
-TORCH_LIBRARY_IMPL(convformer_fast, CPU, m) {
-  m.impl("winograd_weight", &winograd_weight);
 }
 
 }  // namespace convformer_fast::cpu

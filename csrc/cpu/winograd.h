@@ -25,11 +25,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernel_limits.h"
 #include "qkv_layout.h"
 
 namespace convformer_fast::cpu {
-
-constexpr int64_t kMaxWinogradPoints = 10;
 
 struct WinogradPlan {
   int64_t tile = 0;         // m outputs per tile

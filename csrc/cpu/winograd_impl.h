@@ -1,6 +1,6 @@
 // The Winograd input and output transforms (winograd.h), templated on the element type.
 // Like attention_impl.h, this file is included INSIDE a namespace once per CPU capability
-// (winograd.cpp: baseline; cpu_kernels_avx2.cpp: AVX2 + FMA), after fast_exp.h and simd.h,
+// (winograd.cpp: baseline; kernels_avx2.cpp: AVX2 + FMA), after fast_exp.h and simd.h,
 // so it has no #include of its own and no include guard. Needs winograd.h, scratch.h,
 // <ATen/Parallel.h>, <algorithm>, <vector>.
 

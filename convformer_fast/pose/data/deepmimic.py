@@ -18,16 +18,16 @@ joint offsets scaled by 0.25 (pybullet's DeepMimic environment loads the URDF wi
 :func:`convert_motion` runs forward kinematics, maps the joints to Human3.6M-17 (nose and
 head top approximated from the neck frame), resamples to 50 fps, converts to a z-up world
 and projects through a pinhole camera. :func:`write_deepmimic_npz` converts a few clips
-into ``convformer_fast/data/motions/deepmimic_h36m.npz`` (committed, so nothing needs
+into ``convformer_fast/pose/data/motions/deepmimic_h36m.npz`` (committed, so nothing needs
 pybullet at run time); regenerate it with::
 
     pip install pybullet
-    python -m convformer_fast.data.deepmimic --out convformer_fast/data/motions/deepmimic_h36m.npz
+    python -m convformer_fast.pose.data.deepmimic --out convformer_fast/pose/data/motions/deepmimic_h36m.npz
 
 and export their 2D keypoints as a ``convformer-fast infer`` input with
-``python -m convformer_fast.data.deepmimic --export-custom data_2d_custom_deepmimic.npz``.
+``python -m convformer_fast.pose.data.deepmimic --export-custom data_2d_custom_deepmimic.npz``.
 
-:func:`load_deepmimic` reads that file as :class:`~convformer_fast.data.windows.PoseSequence`
+:func:`load_deepmimic` reads that file as :class:`~convformer_fast.pose.data.windows.PoseSequence`
 objects (normalised 2D inputs, root-relative camera-frame 3D targets in metres).
 """
 

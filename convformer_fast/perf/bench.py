@@ -8,7 +8,7 @@ matmul that gives the machine's practical peak in the same conditions. A sample 
 mean of enough back-to-back calls to last ``min_sample_s``. Reported: median, quartiles
 and minimum over the rounds; speed-ups are ratios of medians measured in this run.
 
-FLOPs come from PyTorch's ``FlopCounterMode`` (with :mod:`convformer_fast.flops`'s
+FLOPs come from PyTorch's ``FlopCounterMode`` (with :mod:`convformer_fast.perf.flops`'s
 formulas) on one call of each implementation, so GFLOP/s counts the work that
 implementation actually does (the fast backends do less: the fold). ``torch.compile``
 is credited with the eager model's FLOPs, since no counter can see into compiled code.
@@ -29,9 +29,9 @@ from typing import Callable
 
 import torch
 
-from .fast import ConvFormerFast
+from ..fast import ConvFormerFast
 from .flops import flop_counter_flops
-from .reference import ConvFormer
+from ..reference import ConvFormer
 
 EAGER = "eager"
 COMPILE = "compile"  # torch.compile of the eager model
@@ -75,7 +75,7 @@ class Timing:
 
 
 def machine_info(threads: int) -> dict:
-    from .cli import _cpu_model
+    from ..cli import _cpu_model
 
     here = os.path.dirname(os.path.abspath(__file__))
     try:  # read-only git queries; empty outside a checkout

@@ -23,7 +23,7 @@ sub-partitions, shared memory in units of 128 bytes plus 1 KiB reserved per bloc
 warps, 32 blocks, and barriers on sm_90) and the limit that binds; whether matrix products
 became tensor-core MMA (HMMA/HGMMA for fp16/bf16, never TF32 for exact fp32); and a
 roofline time per kernel from the cost model of :mod:`convformer_fast.triton.bench` and the
-GPU peaks of :mod:`convformer_fast.roofline`, beside the eager ops it replaces.
+GPU peaks of :mod:`convformer_fast.perf.roofline`, beside the eager ops it replaces.
 
 A kernel fails the audit if it spills registers or uses local memory, needs more shared
 memory per block than the target allows, cannot be resident on an SM, does not compile, or
@@ -71,7 +71,7 @@ class GpuTarget:
     """Per-SM limits of one GPU (CUDA programming guide, compute capability tables)."""
 
     arch: int                    # compute capability x 10: 80, 90
-    gpu: str                     # key of convformer_fast.roofline.GPU_SPECS
+    gpu: str                     # key of convformer_fast.perf.roofline.GPU_SPECS
     sms: int
     smem_per_sm: int             # bytes, largest carveout
     smem_per_block_optin: int    # bytes a block may use (dynamic + static), opted in
@@ -327,7 +327,7 @@ def toolchain() -> dict:
     """Versions of everything that shaped the numbers."""
     import triton
 
-    from ._toolchain import cuda_home
+    from ..._toolchain import cuda_home
 
     home = cuda_home()
     nvcc = os.path.join(home, "bin", "nvcc") if home else None
@@ -381,7 +381,7 @@ class LayerShape:
 
 def layer_shapes(presets: Sequence[str], batches: Sequence[int],
                  layouts: Sequence[str] = LAYOUTS) -> list[LayerShape]:
-    from .presets import preset_config
+    from ...presets import preset_config
 
     shapes = []
     for preset in presets:
@@ -462,7 +462,7 @@ def triton_ops():
             raise AuditError(f"triton or the kernels were imported with {INTERPRET_ENV_VAR}=1 in "
                              "this process; run the audit in a fresh process without it "
                              "(convformer-fast kernels does)")
-        from .triton import ops
+        from ...triton import ops
     return ops
 
 
@@ -485,7 +485,7 @@ def defined_triton_kernels() -> dict[str, Any]:
     from triton.runtime.jit import KernelInterface
 
     triton_ops()
-    from .triton import kernels
+    from ...triton import kernels
 
     return {name: obj for name, obj in vars(kernels).items()
             if isinstance(obj, KernelInterface) and not name.startswith("_")}
@@ -966,8 +966,8 @@ def roofline_rows(shapes: Sequence[LayerShape], dtype_tags: Sequence[str],
                   archs: Sequence[int]) -> list[dict]:
     """Roofline time per kernel (executed FLOPs, minimum bytes) and per eager stage, on the
     GPUs of the targets. An ESTIMATE on paper, not a measurement."""
-    from . import roofline
-    from .triton.bench import kernel_costs
+    from .. import roofline
+    from ...triton.bench import kernel_costs
 
     gpus = [TARGETS[a].gpu for a in archs]
     rows = []

@@ -8,12 +8,12 @@ Files (load with ``allow_pickle=True``):
     ``'S1', 'S5', 'S6', 'S7', 'S8', 'S9', 'S11'``; actions are the raw names
     (``'Directions'``, ``'Directions 1'``, ``'Eating 2'``, ``'TakingPhoto'``,
     ``'WalkDog 1'``, ...). The 17 evaluated joints are
-    :data:`~convformer_fast.data.skeleton.H36M_KEEP_JOINTS`; arrays that
+    :data:`~convformer_fast.pose.data.skeleton.H36M_KEEP_JOINTS`; arrays that
     already have 17 joints are accepted as they are.
 
 ``data_2d_h36m_<detector>.npz`` (``gt``, ``cpn_ft_h36m_dbb``, ...)
     key ``positions_2d``: a pickled dict ``subject -> action -> list`` of 4
-    arrays, one per camera in :data:`~convformer_fast.data.camera.H36M_INTRINSICS`
+    arrays, one per camera in :data:`~convformer_fast.pose.data.camera.H36M_INTRINSICS`
     order, each ``(frames, 17, 2)`` in **pixels** (a third confidence channel
     is tolerated and dropped);
     key ``metadata``: a pickled dict with ``'layout_name'`` (``'h36m'``),
@@ -21,12 +21,12 @@ Files (load with ``allow_pickle=True``):
     indices, right joint indices]``.
 
 :func:`load_h36m` converts every (subject, action, camera) into a
-:class:`~convformer_fast.data.windows.PoseSequence`: 3D joints moved into the
-camera frame (:func:`~convformer_fast.data.camera.world_to_camera` with the
+:class:`~convformer_fast.pose.data.windows.PoseSequence`: 3D joints moved into the
+camera frame (:func:`~convformer_fast.pose.data.camera.world_to_camera` with the
 camera translation converted from mm to m), made root-relative (joint 0
 subtracted, so the root is zero; the root path is kept as ``trajectory``), and
 2D keypoints normalised with
-:func:`~convformer_fast.data.camera.normalize_screen_coordinates`. When a
+:func:`~convformer_fast.pose.data.camera.normalize_screen_coordinates`. When a
 camera's 2D sequence and the mocap differ in length, both are cut to the
 shorter one (the raw dataset has a few videos a couple of frames longer than
 the mocap).

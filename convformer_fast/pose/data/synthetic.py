@@ -1,7 +1,7 @@
 """Synthetic Human3.6M-layout motion, for tests and smoke runs without the dataset.
 
 The generator drives a rigid 17-joint kinematic skeleton
-(:data:`~convformer_fast.data.skeleton.H36M_17` layout, bone lengths after the
+(:data:`~convformer_fast.pose.data.skeleton.H36M_17` layout, bone lengths after the
 Human3.6M convention) with smooth joint-angle trajectories: a few random-phase
 sinusoids per joint plus a walking cycle (hip/knee/arm swing in antiphase),
 blended with action-specific postures (seated for ``Sitting``/``Eating``, a
@@ -10,10 +10,10 @@ while walking, a slow drift otherwise) and is lifted so that the lower foot
 touches the floor. Poses are in Human3.6M world coordinates (z up).
 
 2D keypoints are pinhole projections through the real Human3.6M cameras of
-each subject (:mod:`~convformer_fast.data.camera`), so
+each subject (:mod:`~convformer_fast.pose.data.camera`), so
 :func:`write_synthetic_h36m` produces ``data_3d_h36m.npz`` and
 ``data_2d_h36m_gt.npz`` that the real loader
-(:func:`~convformer_fast.data.h36m.load_h36m`) reads unchanged. Everything is
+(:func:`~convformer_fast.pose.data.h36m.load_h36m`) reads unchanged. Everything is
 deterministic given ``seed``.
 """
 
@@ -326,7 +326,7 @@ def generate_motion(num_frames: int, action: str = "Walking", subject: str = "S1
 def expand_to_32_joints(positions_17: np.ndarray) -> np.ndarray:
     """Place 17-joint poses into the raw 32-joint Human3.6M layout.
 
-    The 17 joints go to :data:`~convformer_fast.data.skeleton.H36M_KEEP_JOINTS`;
+    The 17 joints go to :data:`~convformer_fast.pose.data.skeleton.H36M_KEEP_JOINTS`;
     each of the other 15 (toes, hand and collar joints, the duplicated hip)
     copies its nearest kept ancestor, as the static joints of the real data
     sit on top of other joints.

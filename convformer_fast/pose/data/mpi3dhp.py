@@ -14,7 +14,7 @@ key ``data``: a pickled dict ``sequence -> dict`` with sequences ``'TS1'`` ...
   accepted): the image size in pixels. Without them the published sizes are
   used: 2048x2048 for TS1-TS4 (studio), 1920x1080 for TS5-TS6 (outdoor).
 
-Joints follow :data:`~convformer_fast.data.skeleton.MPI3DHP_17` (root = pelvis,
+Joints follow :data:`~convformer_fast.pose.data.skeleton.MPI3DHP_17` (root = pelvis,
 index 14). 3D targets are made root-relative to joint 14.
 """
 

@@ -5,7 +5,7 @@ Two ingredients, both computed here:
 * :class:`TrafficMode`, a ``TorchDispatchMode`` that records every ATen op a forward pass
   runs (on whatever device it runs, the CPU here): bytes read (its tensor inputs), bytes
   written (its outputs), and FLOPs from ``torch.utils.flop_counter``'s formulas (with the
-  registry of :mod:`convformer_fast.flops` added). Views move no data and count nothing.
+  registry of :mod:`convformer_fast.perf.flops` added). Views move no data and count nothing.
 * :func:`fused_kernels`, the minimum traffic of the fused design (ARCHITECTURE.md
   section 2): per block one kernel LN -> folded conv-QKV -> attention -> residual and one
   kernel LN -> FFN (bias, GELU) -> residual, each reading its input and weights once and
@@ -143,7 +143,7 @@ def fused_kernels(model, batch: int, dtype: torch.dtype) -> list[KernelTraffic]:
     in eval mode and left out.
     """
     from .flops import FLOP_FORMULAS, OpCall
-    from .reference import SPATIAL
+    from ..reference import SPATIAL
 
     e = torch.empty((), dtype=dtype).element_size()
     cfg = model.config
@@ -212,8 +212,8 @@ def roofline(kernels: list[KernelTraffic], gpu: str, dtype: torch.dtype) -> Roof
 def model_traffic(preset: str, batch: int = 1, dtype: torch.dtype = torch.float32) -> dict:
     """Op streams of one eval forward of the eager model and of the ``torch`` backend
     (measured on the CPU), and the fused design's minimum (analytic), for a preset."""
-    from .fast import ConvFormerFast
-    from .reference import ConvFormer
+    from ..fast import ConvFormerFast
+    from ..reference import ConvFormer
 
     eager = ConvFormer.from_preset(preset).eval().to(dtype)
     fast = ConvFormerFast.from_reference(eager, backend="torch")

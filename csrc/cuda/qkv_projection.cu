@@ -2,7 +2,7 @@
 // convolution (cuDNN: an implicit GEMM on tensor cores with the bias in its epilogue; fp32
 // follows torch.backends.cudnn.allow_tf32), viewed head-split without a copy (the layout
 // kernels/attention.cuh reads). Shared with the emulated backend (csrc/kernel_ops.h). Its
-// backward is the ATen one in csrc/qkv_projection.cpp.
+// backward is ATen's convolution backward (csrc/qkv_projection.h), as on the CPU.
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -22,6 +22,7 @@ at::Tensor qkv_projection_cuda(const at::Tensor& x, const at::Tensor& weight, co
 
 TORCH_LIBRARY_IMPL(convformer_fast, CUDA, m) {
   m.impl("qkv_projection", &qkv_projection_cuda);
+  m.impl("qkv_projection_backward", &qkv_projection_backward_aten);
 }
 
 }  // namespace convformer_fast

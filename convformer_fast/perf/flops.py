@@ -5,18 +5,17 @@ Convention (the paper's, Table 5): only multiply-adds are counted, and one multi
 not counted; :class:`FlopReport` lists them under ``.ignored`` so that nothing disappears
 silently, and anything else that no formula covers under ``.unsupported``.
 
-The registry :data:`FLOP_FORMULAS` maps a qualified op name to a function of one
-:class:`OpCall` returning its multiply-adds. It serves both counters:
+:data:`FLOP_FORMULAS` maps a qualified op name to a function of one
+:class:`~convformer_fast.ops.spec.OpCall` returning its multiply-adds: the formulas of this
+package's ops come from the op registry (each op's module declares its own, for every
+implementation: ``convformer_fast::``, ``convformer_fast_emulated::`` and the ``triton_``
+ops), plus SDPA's below. It serves both counters:
 
 * fvcore's ``FlopCountAnalysis`` (JIT trace; its unit is one multiply-add) gets a handle
   per entry, so ``aten::scaled_dot_product_attention`` and every ``convformer_fast::`` op
   are counted;
 * PyTorch's ``FlopCounterMode`` (dispatch level; its unit is 2 FLOPs per multiply-add)
   gets a formula per entry whose op exists, so both counters agree.
-
-Adding an op (a ``convformer_fast::triton_*`` kernel, say) needs one ``@flop_formula``
-entry here and nothing else; ``tests/test_flops.py`` fails for any ``convformer_fast::``
-op without one.
 """
 
 from __future__ import annotations
@@ -30,122 +29,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from .ops import EMULATED_NAMESPACE  # the CUDA kernels' ops on the CPU emulator
-
-NAMESPACE = "convformer_fast"
-
-Shape = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class OpCall:
-    """One call of an op as a formula sees it: tensor arguments and outputs replaced by
-    their shapes (``None`` where a tracer did not know it), other arguments as values."""
-
-    args: tuple[Any, ...]
-    outputs: tuple[Shape | None, ...]
-
-
-FlopFormula = Callable[[OpCall], int]
+from ..ops import OPS, registry
+from ..ops.attention import backward_macs as _attention_backward_macs
+from ..ops.attention import macs as _attention_macs
+from ..ops.spec import NAMESPACE, FlopFormula, OpCall, Shape
 
 #: qualified op name ("namespace::name") -> multiply-adds of one call.
-FLOP_FORMULAS: dict[str, FlopFormula] = {}
-
-
-def flop_formula(*op_names: str) -> Callable[[FlopFormula], FlopFormula]:
-    """Register ``formula(call: OpCall) -> multiply-adds`` for the named ops."""
-
-    def register(formula: FlopFormula) -> FlopFormula:
-        for name in op_names:
-            if name in FLOP_FORMULAS:
-                raise RuntimeError(f"flop_formula: duplicate formula for {name!r}")
-            FLOP_FORMULAS[name] = formula
-        return formula
-
-    return register
-
-
-# ---------------------------------------------------------------------------------------
-# Formulas (multiply-adds). Shapes are those of the op schemas in csrc/ops.cpp; the Triton
-# ops (convformer_fast/triton/ops.py) share them under a ``triton_`` prefix.
-
-
-def _qkv_projection_macs(x: Shape, weight: Shape, layout: str) -> int:
-    """Folded conv-QKV of one DMHCSA layer (ARCHITECTURE.md section 2; kernels/qkv_layout.h):
-    a Conv1d with 3C output channels, C input channels and kernel k over `length`
-    positions per sample: N * 3C * C * k * length. Spatial: C = F, length = S;
-    temporal: C = S, length = F (x is (N, S, F))."""
-    n, s, f = x
-    out_channels, in_channels, k = weight
-    if layout not in ("spatial", "temporal"):
-        raise ValueError(f"qkv_projection formula: layout {layout!r} unknown (untraceable?)")
-    length = s if layout == "spatial" else f
-    return n * out_channels * in_channels * k * length
-
-
-@flop_formula(f"{NAMESPACE}::qkv_projection", f"{NAMESPACE}::triton_qkv_projection",
-              f"{EMULATED_NAMESPACE}::qkv_projection")
-def _qkv_projection(call: OpCall) -> int:
-    # Counted as the folded convolution it computes, also when the CPU runs it through
-    # Winograd (csrc/cpu/winograd.h), which executes fewer: "FLOPs of the folded model".
-    x, weight, _bias, _heads, layout = call.args[:5]
-    return _qkv_projection_macs(x, weight, layout)
-
-
-@flop_formula(f"{NAMESPACE}::qkv_projection_backward", f"{NAMESPACE}::triton_qkv_projection_backward")
-def _qkv_projection_backward(call: OpCall) -> int:
-    # grad_x (a transposed conv) and grad_weight (a correlation) each cost one forward
-    # conv; grad_bias is a sum. Same convention as torch's conv backward formula.
-    _grad, x, weight, _heads, layout = call.args[:5]
-    return 2 * _qkv_projection_macs(x, weight, layout)
-
-
-@flop_formula(f"{NAMESPACE}::winograd_weight")
-def _winograd_weight(call: OpCall) -> int:
-    """W~ = G (alpha x k) applied to every (out, in) pair of taps: alpha * 3C * C * k."""
-    (out_channels, in_channels, k), tile = call.args[:2]
-    return (tile + k - 1) * out_channels * in_channels * k
-
-
-@flop_formula(f"{NAMESPACE}::spatial_attention_residual", f"{EMULATED_NAMESPACE}::spatial_attention_residual")
-def _spatial_attention_residual(call: OpCall) -> int:
-    """The folded projection and the attention of a spatial layer (LayerNorm and the
-    residual add are not multiply-adds)."""
-    x, _norm_weight, _norm_bias, _eps, weight, _bias, heads = call.args[:7]
-    n, s, f = x
-    return _qkv_projection_macs(x, weight, "spatial") + _attention_macs(n * heads, s, s, f // heads, f // heads)
-
-
-@flop_formula(f"{NAMESPACE}::feed_forward_residual")
-def _feed_forward_residual(call: OpCall) -> int:
-    """The two linear layers of the FFN: rows * (D * H + H * D)."""
-    x, w1 = call.args[0], call.args[4]
-    hidden, dim = w1
-    return 2 * math.prod(x[:-1]) * dim * hidden
-
-
-def _attention_macs(batch_heads: int, s_q: int, s_k: int, d_qk: int, d_v: int) -> int:
-    """Q K^T and P V: batch_heads * s_q * s_k * (d_qk + d_v)."""
-    return batch_heads * s_q * s_k * (d_qk + d_v)
-
-
-def _attention_backward_macs(batch_heads: int, s_q: int, s_k: int, d_qk: int, d_v: int) -> int:
-    """Recompute Q K^T, then dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q: five
-    matmuls, the count torch.utils.flop_counter uses for SDPA backward."""
-    return batch_heads * s_q * s_k * (3 * d_qk + 2 * d_v)
-
-
-@flop_formula(f"{NAMESPACE}::attention", f"{NAMESPACE}::triton_attention",
-              f"{EMULATED_NAMESPACE}::attention")
-def _fused_attention(call: OpCall) -> int:
-    _three, n, h, s, d = call.args[0]  # qkv (3, N, h, S, d)
-    return _attention_macs(n * h, s, s, d, d)
-
-
-@flop_formula(f"{NAMESPACE}::attention_backward", f"{NAMESPACE}::triton_attention_backward")
-def _fused_attention_backward(call: OpCall) -> int:
-    _three, n, h, s, d = call.args[1]  # (grad_out, qkv, out, lse)
-    return _attention_backward_macs(n * h, s, s, d, d)
+FLOP_FORMULAS: dict[str, FlopFormula] = dict(registry.flop_formulas())
 
 
 def _sdpa_dims(q: Shape, k: Shape, v: Shape) -> tuple[int, int, int, int, int]:
@@ -153,18 +43,20 @@ def _sdpa_dims(q: Shape, k: Shape, v: Shape) -> tuple[int, int, int, int, int]:
     return batch_heads, q[-2], k[-2], q[-1], v[-1]
 
 
-# fvcore's JIT trace sees the composite op; FlopCounterMode sees what it dispatches to on
-# the CPU, which torch's own registry does not cover (it has the CUDA variants).
-@flop_formula("aten::scaled_dot_product_attention",
-              "aten::_scaled_dot_product_flash_attention_for_cpu")
 def _sdpa(call: OpCall) -> int:
     return _attention_macs(*_sdpa_dims(*call.args[:3]))
 
 
-@flop_formula("aten::_scaled_dot_product_flash_attention_for_cpu_backward")
 def _sdpa_backward(call: OpCall) -> int:
     _grad_out, q, k, v = call.args[:4]
     return _attention_backward_macs(*_sdpa_dims(q, k, v))
+
+
+# fvcore's JIT trace sees the composite op; FlopCounterMode sees what it dispatches to on
+# the CPU, which torch's own registry does not cover (it has the CUDA variants).
+FLOP_FORMULAS["aten::scaled_dot_product_attention"] = _sdpa
+FLOP_FORMULAS["aten::_scaled_dot_product_flash_attention_for_cpu"] = _sdpa
+FLOP_FORMULAS["aten::_scaled_dot_product_flash_attention_for_cpu_backward"] = _sdpa_backward
 
 
 # Not multiply-adds: counted by neither counter under the paper's convention.
@@ -183,14 +75,14 @@ _FVCORE_NORM_OPS = ("aten::layer_norm", "aten::group_norm", "aten::batch_norm",
 
 def namespace_ops() -> list[str]:
     """Every ``convformer_fast::`` op registered with the dispatcher right now."""
-    prefix = NAMESPACE + "::"
-    names = {name.split(".")[0] for name in torch._C._dispatch_get_all_op_names()
-             if name.startswith(prefix)}
-    return sorted(names)
+    return sorted(f"{NAMESPACE}::{name}" for name in registry.registered_ops(NAMESPACE))
 
 
 def ops_without_formula() -> list[str]:
-    return [name for name in namespace_ops() if name not in FLOP_FORMULAS]
+    """Ops of the namespace (Triton's included, once defined) that no formula covers; an op
+    without tensors (``kernel_limits``) computes nothing."""
+    exempt = {spec.qualname for spec in OPS.values() if spec.fake is None}
+    return [name for name in namespace_ops() if name not in FLOP_FORMULAS and name not in exempt]
 
 
 # ---------------------------------------------------------------------------------------
@@ -403,8 +295,8 @@ def model_inputs(model: nn.Module, batch: int = 1, dtype=None, device=None) -> t
 
 def table5(frames: Sequence[int] | None = None, backend: str = "auto") -> list[dict]:
     """Our counts next to paper Table 5 for h36m-T (default: every T of the table)."""
-    from .fast import ConvFormerFast
-    from .reference import ConvFormer
+    from ..fast import ConvFormerFast
+    from ..reference import ConvFormer
 
     rows = []
     for t in PAPER_TABLE5 if frames is None else frames:

@@ -1,45 +1,14 @@
-// CPU registrations of the convformer_fast_emulated ops (backend="cuda_emulated"): the ops
-// the CUDA backend runs, with the same host code (csrc/kernel_ops.h) and the same kernel
-// source (kernels/), launched on the CPU emulator (emulator.h) instead of a GPU. Slow: for
-// tests and debugging.
+// convformer_fast_emulated::emulator_selftest (tests only): a tiny kernel with switchable
+// bugs (selftest_kernel.h) that the emulator must catch.
 #include <torch/library.h>
 
 #include <string>
 
-#include "emulated/emulator.h"
 #include "emulated/selftest_kernel.h"
-#include "kernel_ops.h"
+#include "emulated/emulated_launcher.h"
 
 namespace convformer_fast {
 namespace {
-
-// The emulator enforces the smallest opt-in shared-memory limit of the GPUs we build for
-// (sm_80, A100: 163 KiB; sm_90 allows 227 KiB), so whatever passes here fits on both.
-constexpr size_t kEmulatedSharedMemoryLimit = 163 * 1024;
-
-struct EmulatedLauncher {
-  size_t shared_memory_limit() const { return kEmulatedSharedMemoryLimit; }
-
-  template <class Kernel>
-  void launch(const KernelLaunch& plan, const typename Kernel::Args& args) const {
-    try {
-      emulator::launch<Kernel>(plan.blocks, plan.shared_bytes, args);
-    } catch (const emulator::KernelFault& fault) {
-      TORCH_CHECK(false, fault.what());
-    }
-  }
-};
-
-at::Tensor spatial_attention_residual_emulated(const at::Tensor& x, const at::Tensor& norm_weight,
-                                               const at::Tensor& norm_bias, double eps, const at::Tensor& weight,
-                                               const at::Tensor& bias, int64_t num_heads) {
-  return spatial_attention_residual_impl(EmulatedLauncher{}, x, norm_weight, norm_bias, eps, weight, bias,
-                                         num_heads);
-}
-
-std::tuple<at::Tensor, at::Tensor> attention_emulated(const at::Tensor& qkv) {
-  return attention_impl(EmulatedLauncher{}, qkv);
-}
 
 std::tuple<at::Tensor, at::Tensor> emulator_selftest(const at::Tensor& x_in, c10::string_view fault_name) {
   const std::string name(fault_name.data(), fault_name.size());
@@ -73,9 +42,6 @@ std::tuple<at::Tensor, at::Tensor> emulator_selftest(const at::Tensor& x_in, c10
 }  // namespace
 
 TORCH_LIBRARY_IMPL(convformer_fast_emulated, CPU, m) {
-  m.impl("qkv_projection", &qkv_projection_conv);
-  m.impl("attention", &attention_emulated);
-  m.impl("spatial_attention_residual", &spatial_attention_residual_emulated);
   m.impl("emulator_selftest", &emulator_selftest);
 }
 

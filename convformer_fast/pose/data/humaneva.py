@@ -17,7 +17,7 @@ Files (load with ``allow_pickle=True``):
     key ``metadata``: ``{'layout_name': 'humaneva15', 'num_joints': 15,
     'keypoints_symmetry': [left, right]}``.
 
-Cameras are per subject (:data:`~convformer_fast.data.camera.HUMANEVA_EXTRINSICS`,
+Cameras are per subject (:data:`~convformer_fast.pose.data.camera.HUMANEVA_EXTRINSICS`,
 indexed by the subject without its prefix). The usual protocol trains on the
 ``Train/`` subjects and tests on the ``Validate/`` subjects, on the actions
 Walk, Jog and Box.

@@ -1,4 +1,4 @@
-// convformer_fast::qkv_projection on the CPU, and its backward on every device.
+// convformer_fast::qkv_projection and its backward on the CPU.
 //
 // The folded projection is one Conv1d (ARCHITECTURE.md section 2), i.e. one large GEMM:
 // on the CPU the spatial layout runs as chunked im2col GEMMs (cpu/spatial_projection.cpp),
@@ -7,8 +7,7 @@
 // im2col GEMM of our own ran ~1.4x slower than oneDNN there). The result is returned as qkv (3, N, h, S, F/h):
 // Q, K, V split into heads as a strided view of the convolution's output, with no copy; the
 // attention kernels read that layout directly.
-// The backward is ATen's convolution backward on the gradient gathered back into conv
-// layout; it serves CPU and CUDA alike.
+// The backward is ATen's convolution backward (qkv_projection.h), shared with CUDA.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -38,30 +37,10 @@ at::Tensor qkv_projection_cpu(const at::Tensor& x, const at::Tensor& weight, con
   return qkv_view_of_conv(projection_cpu(x, weight, bias, winograd_weight, g), g);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_projection_backward_aten(
-    const at::Tensor& grad_qkv, const at::Tensor& x, const at::Tensor& weight, int64_t num_heads,
-    c10::string_view layout) {
-  const auto g = qkv_geometry("qkv_projection_backward", x, weight, nullptr, num_heads,
-                              std::string_view(layout.data(), layout.size()));
-  TORCH_CHECK_VALUE(grad_qkv.sizes() == at::IntArrayRef(qkv_shape(g)),
-                    "qkv_projection_backward: grad_qkv must be ", at::IntArrayRef(qkv_shape(g)),
-                    ", got ", grad_qkv.sizes());
-  auto [grad_input, grad_weight, grad_bias] = at::convolution_backward(
-      conv_layout_of_qkv(grad_qkv.to(x.scalar_type()), g).contiguous(), conv_input(x, g), weight,
-      at::OptionalIntArrayRef({g.out_channels()}), {1}, {g.pad()}, {1}, false, {0}, 1,
-      {true, true, true});
-  at::Tensor grad_x = g.spatial ? grad_input.transpose(1, 2) : grad_input;
-  return {grad_x.contiguous(), grad_weight, grad_bias};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(convformer_fast, CPU, m) {
   m.impl("qkv_projection", &qkv_projection_cpu);
-  m.impl("qkv_projection_backward", &qkv_projection_backward_aten);
-}
-
-TORCH_LIBRARY_IMPL(convformer_fast, CUDA, m) {
   m.impl("qkv_projection_backward", &qkv_projection_backward_aten);
 }
 

@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-from .backends import AUTO, BACKENDS, available_backends
+from ..backends import AUTO, BACKENDS, available_backends
 
 DTYPES = {
     "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
@@ -41,7 +41,7 @@ def _split(values) -> list[str]:
 
 
 def parse_presets(values, default: str) -> list[str]:
-    from .presets import PRESETS
+    from ..presets import PRESETS
 
     presets = _split(values) or [default]
     for preset in presets:
@@ -85,7 +85,7 @@ def check_backend(name: str, device: str, extra: tuple[str, ...] = ()) -> str:
     if name in extra or name in usable:
         return name
     if name == AUTO:
-        from .backends import select_backend
+        from ..backends import select_backend
 
         return select_backend(AUTO, torch.empty(0, device=device)).name
     if name in BACKENDS:
@@ -217,8 +217,8 @@ def _breakdown_rows(reports: list, field: str) -> dict[str, list[int]]:
 def cmd_flops(args) -> int:
     from . import flops as F
     from . import roofline as R
-    from .fast import ConvFormerFast
-    from .reference import ConvFormer
+    from ..fast import ConvFormerFast
+    from ..reference import ConvFormer
 
     try:
         # --table5 alone covers every T; a single-preset section only when asked for.
