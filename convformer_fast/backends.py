@@ -34,10 +34,9 @@ import torch.nn.functional as F
 
 from . import ops
 from . import triton as triton_backend
-from .ops import OPS, EXTENSION_ERROR
-from .ops.spec import CPU, CUDA, EMULATED, TRITON
+from .ops import EXTENSION_ERROR, OPS
+from .ops.spec import CPU, CUDA, EMULATED, FLOAT_DTYPES, TRITON
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 AUTO = "auto"
 AUTO_ENV_VAR = "CONVFORMER_FAST_BACKEND"
 SPATIAL, TEMPORAL = "spatial", "temporal"

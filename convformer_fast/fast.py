@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import _checks, functional
-from .backends import AUTO, Backend, Layer, check_backend_name, needs_grad, resolve
+from .backends import AUTO, Backend, Layer, check_backend_name, resolve
 from .fold import fold_qkv
 from .reference import DMHCSA, ConvFormer, ConvFormerBlock
 

@@ -14,7 +14,7 @@ import torch
 import convformer_fast as cf
 from convformer_fast import cli
 from convformer_fast.perf import commands as perf_cli, flops
-from convformer_fast.perf.bench import available_cores
+from convformer_fast.perf.machine import available_cores
 
 ROOT = Path(os.path.abspath(__file__)).parents[1]
 FAST = [name for name, info in cf.available_backends().items()

@@ -14,10 +14,21 @@ import torch
 
 from ..triton import MAX_HEAD_DIM as TRITON_MAX_HEAD_DIM
 from . import limits
-from .spec import (CPU, CUDA, EMULATED, EMULATED_NAMESPACE, TRITON, Autograd, Limits, OpCall, OpSpec, Sample,
-                   inference_only, library_op)
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from .spec import (
+    CPU,
+    CUDA,
+    EMULATED,
+    EMULATED_NAMESPACE,
+    FLOAT_DTYPES,
+    TRITON,
+    Autograd,
+    Limits,
+    OpCall,
+    OpSpec,
+    Sample,
+    inference_only,
+    library_op,
+)
 
 
 def attention(qkv: torch.Tensor) -> torch.Tensor:

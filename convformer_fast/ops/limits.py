@@ -11,7 +11,6 @@ import torch
 
 from .spec import CPU, NAMESPACE, OpSpec, library_op
 
-
 _read: dict[str, tuple[int, ...]] = {}
 
 

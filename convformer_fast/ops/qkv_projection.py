@@ -12,9 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..triton import MAX_HEAD_DIM as TRITON_MAX_HEAD_DIM
-from .spec import CPU, CUDA, EMULATED, TRITON, Autograd, Limits, OpCall, OpSpec, Sample, library_op
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from .spec import CPU, CUDA, EMULATED, FLOAT_DTYPES, TRITON, Autograd, Limits, OpCall, OpSpec, Sample, library_op
 
 
 def qkv_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_heads: int,

@@ -20,18 +20,17 @@ import os
 import torch
 
 from .._extension import LOAD_ERROR, REBUILD_COMMAND
+from . import limits
 from .attention import BACKWARD_SPEC as ATTENTION_BACKWARD
 from .attention import SPEC as ATTENTION
 from .emulator_selftest import SPEC as EMULATOR_SELFTEST
 from .feed_forward_residual import SPEC as FEED_FORWARD_RESIDUAL
-from . import limits
 from .limits import SPEC as KERNEL_LIMITS
 from .qkv_projection import BACKWARD_SPEC as QKV_PROJECTION_BACKWARD
 from .qkv_projection import SPEC as QKV_PROJECTION
 from .spatial_attention_residual import SPEC as SPATIAL_ATTENTION_RESIDUAL
+from .spec import CPU, CUDA, EMULATED, EMULATED_NAMESPACE, NAMESPACE, TRITON, FlopFormula, OpSpec, repository_path
 from .winograd_weight import SPEC as WINOGRAD_WEIGHT
-from .spec import (CPU, CUDA, EMULATED, EMULATED_NAMESPACE, NAMESPACE, TRITON, FlopFormula, OpSpec,
-                   repository_path)
 
 OPS: dict[str, OpSpec] = {
     spec.name: spec

@@ -18,10 +18,20 @@ from .attention import reference as attention_reference
 from .qkv_projection import macs as projection_macs
 from .qkv_projection import make_args as projection_args
 from .qkv_projection import reference as projection_reference
-from .spec import (CPU, CUDA, EMULATED, EMULATED_NAMESPACE, NAMESPACE, Limits, OpCall, OpSpec, Sample,
-                   inference_only, library_op)
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from .spec import (
+    CPU,
+    CUDA,
+    EMULATED,
+    EMULATED_NAMESPACE,
+    FLOAT_DTYPES,
+    NAMESPACE,
+    Limits,
+    OpCall,
+    OpSpec,
+    Sample,
+    inference_only,
+    library_op,
+)
 
 
 def spatial_attention_residual(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,

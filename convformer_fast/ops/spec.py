@@ -29,6 +29,8 @@ CPU, CUDA, EMULATED, TRITON = "cpu", "cuda", "emulated", "triton"
 IMPLEMENTATIONS = (CPU, CUDA, EMULATED, TRITON)
 
 Shape = tuple[int, ...]
+#: The floating-point dtypes a kernel may serve.
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,8 @@ is credited with the eager model's FLOPs, since no counter can see into compiled
 from __future__ import annotations
 
 import copy
-import datetime
 import math
-import os
-import platform
 import statistics
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -30,8 +26,9 @@ from typing import Callable
 import torch
 
 from ..fast import ConvFormerFast
-from .flops import flop_counter_flops
 from ..reference import ConvFormer
+from .flops import flop_counter_flops
+from .machine import machine_info
 
 EAGER = "eager"
 COMPILE = "compile"  # torch.compile of the eager model
@@ -72,33 +69,6 @@ class Timing:
     @property
     def ok(self) -> bool:
         return not self.error
-
-
-def machine_info(threads: int) -> dict:
-    from ..cli import _cpu_model
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:  # read-only git queries; empty outside a checkout
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=5, cwd=here).stdout.strip()
-        if commit and subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True,
-                                     timeout=5, cwd=here).returncode:
-            commit += " + uncommitted changes"
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return dict(
-        cpu=_cpu_model(), cores_available=available_cores(), threads=threads,
-        torch=torch.__version__, python=platform.python_version(),
-        capability=torch.backends.cpu.get_cpu_capability(), commit=commit,
-        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    )
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _sync(device: str) -> None:

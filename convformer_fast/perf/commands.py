@@ -19,47 +19,18 @@ import warnings
 
 import torch
 
-from ..backends import AUTO, BACKENDS, available_backends
-
-DTYPES = {
-    "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp64": "float64", "double": "float64",
-                 "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-
-
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit code 2."""
-
-
-def _split(values) -> list[str]:
-    out = []
-    for value in values or []:
-        out += [v.strip() for v in value.split(",") if v.strip()]
-    return out
-
-
-def parse_presets(values, default: str) -> list[str]:
-    from ..presets import PRESETS
-
-    presets = _split(values) or [default]
-    for preset in presets:
-        if preset not in PRESETS:
-            raise UsageError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
-    return list(dict.fromkeys(presets))
-
-
-def parse_dtype(value: str) -> torch.dtype:
-    name = DTYPE_ALIASES.get(value, value)
-    if name not in DTYPES:
-        raise UsageError(f"unknown dtype {value!r}; available: {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def usable_backends(device: str) -> list[str]:
-    return [name for name, info in available_backends().items()
-            if info.available and device in info.devices]
+from ..backends import AUTO, available_backends
+from ..cli.args import (
+    DTYPES,
+    UsageError,
+    check_backend,
+    parse_device,
+    parse_dtype,
+    parse_presets,
+    set_threads,
+    split_list,
+    usable_backends,
+)
 
 
 def default_bench_backends(device: str) -> list[str]:
@@ -68,44 +39,6 @@ def default_bench_backends(device: str) -> list[str]:
     still accepts them."""
     emulated = {name for name, info in available_backends().items() if info.emulated}
     return [name for name in usable_backends(device) if name not in emulated]
-
-
-def parse_device(value: str) -> str:
-    if value == "cpu":
-        return value
-    if value == "cuda" and torch.cuda.is_available():
-        return value
-    available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    raise UsageError(f"device {value!r} is not available here; available: {', '.join(available)}")
-
-
-def check_backend(name: str, device: str, extra: tuple[str, ...] = ()) -> str:
-    usable = usable_backends(device)
-    listing = ", ".join(list(extra) + usable)
-    if name in extra or name in usable:
-        return name
-    if name == AUTO:
-        from ..backends import select_backend
-
-        return select_backend(AUTO, torch.empty(0, device=device)).name
-    if name in BACKENDS:
-        reason = available_backends()[name].reason or f"it does not run on {device!r}"
-        raise UsageError(f"backend {name!r} is unavailable here ({reason}); available: {listing}")
-    raise UsageError(f"unknown backend {name!r}; available: {listing}")
-
-
-def set_threads(threads: int | None) -> None:
-    from .bench import available_cores
-
-    if threads is None:
-        return
-    if threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {threads}")
-    cores = available_cores()
-    if threads > cores:
-        print(f"warning: --threads {threads} exceeds the {cores} cores available here; "
-              "continuing (expect oversubscription)", file=sys.stderr)
-    torch.set_num_threads(threads)
 
 
 def _write_json(path: str, data) -> None:
@@ -125,7 +58,7 @@ def cmd_bench(args) -> int:
         presets = parse_presets(args.preset, "h36m-243")
         dtype = parse_dtype(args.dtype)
         default = [EAGER, COMPILE] + [b for b in default_bench_backends(device) if b != EAGER]
-        names = _split(args.backends) or default
+        names = split_list(args.backends) or default
         backends = list(dict.fromkeys(check_backend(n, device, (COMPILE,)) for n in names))
         compilers = torch.compiler.list_backends(exclude_tags=())
         if args.compile_backend not in compilers:
@@ -215,10 +148,10 @@ def _breakdown_rows(reports: list, field: str) -> dict[str, list[int]]:
 
 
 def cmd_flops(args) -> int:
-    from . import flops as F
-    from . import roofline as R
     from ..fast import ConvFormerFast
     from ..reference import ConvFormer
+    from . import flops as F
+    from . import roofline as R
 
     try:
         # --table5 alone covers every T; a single-preset section only when asked for.
@@ -226,7 +159,7 @@ def cmd_flops(args) -> int:
         presets = parse_presets(args.preset, "h36m-243") if wanted else []
         backend = check_backend(args.backend, "cpu")
         dtype = parse_dtype(args.dtype)
-        gpus = _split(args.gpu) or list(R.GPU_SPECS)
+        gpus = split_list(args.gpu) or list(R.GPU_SPECS)
         for gpu in gpus:
             if gpu not in R.GPU_SPECS:
                 raise UsageError(f"unknown GPU {gpu!r}; available: {', '.join(R.GPU_SPECS)}")
@@ -360,12 +293,23 @@ QUICK = dict(presets=["h36m-243"], batches=[1], dtypes=["bf16", "fp32"])
 
 def _ints(values, what: str) -> list[int]:
     out = []
-    for value in _split(values):
+    for value in split_list(values):
         try:
             out.append(int(value.removeprefix("sm_")))
         except ValueError:
             raise UsageError(f"{what}: {value!r} is not an integer") from None
     return out
+
+
+def _audit_dtype(name: str) -> str:
+    from . import audit
+
+    if name == "tf32":
+        return name
+    try:
+        return audit.dtype_tag(parse_dtype(name))
+    except UsageError as error:
+        raise UsageError(f"{error}; or tf32 (fp32 with TF32 allowed)") from None
 
 
 def cmd_kernels(args) -> int:
@@ -387,16 +331,12 @@ def cmd_kernels(args) -> int:
         batches = _ints(args.batch, "--batch") or (QUICK["batches"] if args.quick else [1, 64])
         if any(b < 1 for b in batches):
             raise UsageError(f"--batch must be >= 1, got {batches}")
-        layouts = _split(args.layout) or list(audit.LAYOUTS)
+        layouts = split_list(args.layout) or list(audit.LAYOUTS)
         for layout in layouts:
             if layout not in audit.LAYOUTS:
                 raise UsageError(f"unknown layout {layout!r}; available: {', '.join(audit.LAYOUTS)}")
-        dtypes = [audit.DTYPE_ALIASES.get(d, d) for d in _split(args.dtype)] or (
+        dtypes = [_audit_dtype(d) for d in split_list(args.dtype)] or (
             QUICK["dtypes"] if args.quick else ["fp32", "bf16", "fp16"])
-        for dtype in dtypes:
-            if dtype not in audit.DTYPE_TAGS:
-                raise UsageError(f"unknown dtype {dtype!r}; available: {', '.join(audit.DTYPE_TAGS)} "
-                                 "(tf32: fp32 with TF32 allowed)")
         archs = _ints(args.arch, "--arch") or list(audit.TARGETS)
         for arch in archs:
             if arch not in audit.TARGETS:
@@ -415,7 +355,7 @@ def cmd_kernels(args) -> int:
     settings = audit.AuditSettings(
         presets=presets, batches=batches, layouts=layouts, dtypes=dtypes, archs=archs,
         triton=args.only in (None, "triton"), cuda=args.only in (None, "cuda"),
-        kernels=_split(args.kernel), workers=args.jobs or cores, progress=not args.no_progress,
+        kernels=split_list(args.kernel), workers=args.jobs or cores, progress=not args.no_progress,
         source_root=args.source_root, fresh=args.fresh)
     try:
         report = audit.run_audit(settings)

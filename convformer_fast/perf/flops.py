@@ -141,8 +141,8 @@ class FlopCount:
 def flop_counter_flops(fn: Callable[[], Any]) -> FlopCount:
     """Count ``fn()`` (a forward, or a whole training step) with PyTorch's
     ``FlopCounterMode``, the registry's formulas registered."""
-    from torch.utils.flop_counter import FlopCounterMode, flop_registry
     from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
     register_flop_formulas()
     seen: set[str] = set()

@@ -28,7 +28,7 @@ from . import metrics
 from .data.skeleton import H36M_17
 from .data.windows import PoseSequence
 from .lifting import lift_sequence
-from .runtime import add_runtime_arguments, apply_threads, resolve_device
+from ..cli.args import add_runtime_arguments, resolve_device, set_threads
 
 __all__ = ["PROTOCOLS", "evaluate_sequences", "format_table", "add_arguments", "run"]
 
@@ -157,7 +157,7 @@ def run(args) -> int:
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .datasets import deepmimic_sequences, h36m_sequences
 
-    apply_threads(args.threads)
+    set_threads(args.threads)
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, backend=args.backend, device=resolve_device(args.device))
     if args.deepmimic:

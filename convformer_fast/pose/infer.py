@@ -29,7 +29,7 @@ import numpy as np
 
 from .data.skeleton import H36M_17
 from .keypoints import prepare_keypoints
-from .runtime import add_runtime_arguments, apply_threads, resolve_device
+from ..cli.args import add_runtime_arguments, resolve_device, set_threads
 
 __all__ = ["add_arguments", "load_videos", "run"]
 
@@ -99,7 +99,7 @@ def run(args) -> int:
     from .evaluate import h36m_flip_symmetry
     from .lifting import lift_sequence
 
-    apply_threads(args.threads)
+    set_threads(args.threads)
     if not (args.out.endswith(".npy") or args.out.endswith(".npz")):
         raise ValueError(f"--out: got {args.out!r}, expected a .npy or .npz file")
     videos = load_videos(args)

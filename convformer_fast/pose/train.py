@@ -43,7 +43,7 @@ from ..fast import ConvFormerFast
 from ..presets import PRESETS, preset_config
 from .checkpoint import (CheckpointError, config_differences, load_checkpoint, load_model_weights,
                          save_checkpoint)
-from .runtime import add_runtime_arguments, apply_threads
+from ..cli.args import add_runtime_arguments, set_threads
 
 __all__ = ["DistInfo", "add_arguments", "build_config", "setup_distributed", "make_loader",
            "wrap_model", "forward_backward", "run"]
@@ -286,7 +286,7 @@ def run(args) -> int:
     from .datasets import ensure_synthetic, h36m_sequences
     from .evaluate import evaluate_sequences, h36m_flip_symmetry, mean_pose_baseline
 
-    apply_threads(args.threads)
+    set_threads(args.threads)
     info = setup_distributed(args.device)
     checkpoint = load_checkpoint(args.resume) if args.resume else None
     config = build_config(args, checkpoint["config"] if checkpoint else None)

@@ -28,11 +28,11 @@ from typing import Any, Callable
 import torch
 import triton
 
-from ..ops.spec import NAMESPACE, TRITON_PREFIX, library_schema
+from ..ops.spec import FLOAT_DTYPES, NAMESPACE, TRITON_PREFIX, library_schema
 from . import MAX_HEAD_DIM, kernels
 
 INTERPRETED = kernels.INTERPRETED
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+SUPPORTED_DTYPES = FLOAT_DTYPES
 LAYOUTS = ("spatial", "temporal")
 # Kernel offsets are int32.
 MAX_ELEMENTS = 2**31 - 1

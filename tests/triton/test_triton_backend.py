@@ -122,10 +122,19 @@ def test_backend_refuses_bfloat16_under_the_interpreter():
 
 
 def test_module_head_dim_above_the_limit_raises_clearly():
+    # The backend declares the limit (from the op registry), so the layer is refused before
+    # any kernel runs; the op itself refuses too.
     layer = cf.DMHCSAFast("temporal", 2, 264, (1,), 1, backend="triton").to(DEVICE)
+    with pytest.raises(ValueError, match=r"backend 'triton' cannot run this input: head_dim 264 above the "
+                                         r"kernel's 256"):
+        layer(torch.randn(1, 2, 264, device=DEVICE))
+    from convformer_fast.triton import load_ops
+
+    x = torch.randn(1, 2, 264, device=DEVICE)
+    weight, bias = torch.randn(6, 2, 1, device=DEVICE), torch.randn(6, device=DEVICE)
     with pytest.raises(ValueError, match=r"triton_qkv_projection: head dim 264 is above the "
                                          r"largest supported, 256"):
-        layer(torch.randn(1, 2, 264, device=DEVICE))
+        load_ops().qkv_projection(x, weight, bias, 1, "temporal")
 
 
 @cuda_only

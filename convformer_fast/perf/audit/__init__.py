@@ -53,7 +53,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# convformer_fast/, three levels up from convformer_fast/perf/audit/__init__.py.
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INTERPRET_ENV_VAR = "TRITON_INTERPRET"
 
 
@@ -353,10 +354,14 @@ def _demangle(names: Iterable[str]) -> dict[str, str]:
 # Shapes: the paper's layers
 # ----------------------------------------------------------------------------------------
 
+#: The audit's dtype tags; "tf32" is fp32 with TF32 tensor cores allowed.
 DTYPE_TAGS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
               "fp64": torch.float64, "tf32": torch.float32}
-DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16",
-                 "half": "fp16", "float64": "fp64", "double": "fp64"}
+
+
+def dtype_tag(dtype: torch.dtype) -> str:
+    """The tag of a torch dtype (exact arithmetic: fp32, not tf32)."""
+    return next(tag for tag, d in DTYPE_TAGS.items() if d == dtype)
 PAPER_PRESETS = ("h36m-9", "h36m-27", "h36m-81", "h36m-243")
 LAYOUTS = ("spatial", "temporal")
 

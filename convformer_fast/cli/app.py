@@ -17,24 +17,14 @@ import sys
 
 import torch
 
-from . import __version__, ops
-from .perf import commands as perf_commands
-from .backends import BACKENDS, available_backends
-from .fast import ConvFormerFast
-from .pose.commands import add_pose_commands
-from .presets import PRESETS
-from .reference import ConvFormer
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from .. import __version__, ops
+from ..backends import available_backends
+from ..fast import ConvFormerFast
+from ..perf import commands as perf_commands
+from ..perf.machine import cpu_model
+from ..pose.commands import add_pose_commands
+from ..presets import PRESETS
+from ..reference import ConvFormer
 
 
 def cmd_info(args) -> int:
@@ -50,7 +40,7 @@ def cmd_info(args) -> int:
         print(f"triton          {triton.__version__}")
     except ImportError:
         print("triton          not installed")
-    print(f"cpu             {_cpu_model()}, {os.cpu_count()} logical cores, "
+    print(f"cpu             {cpu_model()}, {os.cpu_count()} logical cores, "
           f"capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"threads         torch.get_num_threads() = {torch.get_num_threads()}")
     state = "loaded" if ops.extension_loaded() else f"not usable: {ops.EXTENSION_ERROR}"

@@ -1,0 +1,12 @@
+"""The ``convformer-fast`` command: :mod:`.app` builds the parser from each room's commands
+(core: ``info``, ``check``; :mod:`convformer_fast.perf.commands`: ``bench``, ``flops``,
+``kernels``; :mod:`convformer_fast.pose.commands`: ``train``, ``eval``, ``infer``) and
+:mod:`.args` holds what every command parses the same way."""
+
+from __future__ import annotations
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .app import main as run
+
+    return run(argv)
