@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def _load_toolchain():
     spec = importlib.util.spec_from_file_location(
-        "_toolchain", os.path.join(ROOT, "convformer_fast", "_toolchain.py"))
+        "toolchain", os.path.join(ROOT, "convformer_fast", "toolchain.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -106,6 +106,6 @@ setup(
     install_requires=["torch>=2.4", "numpy"],
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["convformer-fast=convformer_fast.cli:main"]},
+    entry_points={"console_scripts": ["convformer-fast=convformer_fast.cli.app:main"]},
     zip_safe=False,
 )

@@ -5,7 +5,7 @@ of the eager code) or a fast backend name. Every builder returns a zero-argument
 that runs one inference call; :func:`check_against_eager` makes sure an implementation
 computes the same thing before it is timed.
 
-Shapes follow the paper (ARCHITECTURE.md section 1): for h36m-T at batch B, embed dim d,
+Shapes follow the paper (docs/ARCHITECTURE.md section 1): for h36m-T at batch B, embed dim d,
 J joints, the spatial layers see x (B*T, J, d) and the temporal layers x (B, T, J*d).
 """
 

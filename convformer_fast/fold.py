@@ -1,4 +1,4 @@
-"""The exact fold of ARCHITECTURE.md section 2, shared by every fast backend.
+"""The exact fold of docs/ARCHITECTURE.md section 2, shared by every fast backend.
 
 Convolution is linear in its weights, so the n filters of Q (likewise K, V) followed by the
 eta-weighted sum (paper eq. 6) are one convolution:

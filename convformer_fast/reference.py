@@ -7,7 +7,7 @@ Shapes use B = batch, T = frames, J = joints, d = embed_dim, h = heads.
       --temporal ConvFormer blocks (tokens = frames)--> LN --> Linear(J*d -> 3J)
       --Conv1d(T -> 1) over frames--> (B, 1, J, 3)
 
-Details the paper leaves open are pinned down in ARCHITECTURE.md section 1 (there is no
+Details the paper leaves open are pinned down in docs/ARCHITECTURE.md section 1 (there is no
 output projection after attention; the temporal convolution has T channels and slides
 along the J*d feature axis). Nothing here is optimised: every kernel size gets its own
 Conv1d, exactly as eq. 3-5 describe, and attention is an explicit softmax.

@@ -9,7 +9,7 @@ namespace {
 // The ops the CUDA kernels of kernels/ serve. Each schema is written once here and declared
 // in both namespaces below.
 //
-// Folded conv-QKV projection of one DMHCSA layer (ARCHITECTURE.md section 2):
+// Folded conv-QKV projection of one DMHCSA layer (docs/ARCHITECTURE.md section 2):
 // x (N, S, F), weight (3C, C, k), bias (3C) -> qkv (3, N, h, S, F/h).
 // winograd_weight: winograd_weight(weight, tile), passed by callers that keep it cached
 // with the folded weight; when given, the cpu backend computes a temporal layer through it

@@ -2,7 +2,7 @@
 //
 //   out = x + DMHCSA(LayerNorm(x))          x, out: (N, J, d), N = frames (B*T), J = joints
 //
-// with DMHCSA's conv-QKV already folded into ONE convolution (ARCHITECTURE.md section 2):
+// with DMHCSA's conv-QKV already folded into ONE convolution (docs/ARCHITECTURE.md section 2):
 // weight (3d, d, k), bias (3d), sliding along the joints with zero padding k/2; Q, K, V are
 // its output channels [0, d), [d, 2d), [2d, 3d), split into h heads of d/h channels, and
 // per head O = softmax(Q K^T / sqrt(d/h)) V over the J joints.

@@ -28,7 +28,7 @@ from collections import Counter
 import pytest
 
 from convformer_fast.perf import audit
-from convformer_fast._toolchain import cuda_home
+from convformer_fast.toolchain import cuda_home
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA_HOME = cuda_home()
@@ -365,7 +365,7 @@ def test_quick_audit_passes_for_every_kernel(tmp_path):
     report_path = tmp_path / "audit.json"
     result = _fresh_python(f"""
         import sys
-        from convformer_fast.cli import main
+        from convformer_fast.cli.app import main
         sys.exit(main(["kernels", "--quick", "--no-progress", "--json", {str(report_path)!r}]))
         """, timeout=1800)
     assert result.returncode == 0, (result.stdout[-6000:] + result.stderr[-3000:])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import convformer_fast as cf
-from convformer_fast import cli
+from convformer_fast.cli import app as cli
 from convformer_fast.perf import commands as perf_cli, flops
 from convformer_fast.perf.machine import available_cores
 

@@ -23,7 +23,7 @@ import torch
 import torch.multiprocessing as mp
 
 import convformer_fast as cf
-from convformer_fast.cli import main
+from convformer_fast.cli.app import main
 from convformer_fast.pose.data import PoseWindowDataset, write_synthetic_h36m
 from convformer_fast.pose.datasets import h36m_sequences
 from convformer_fast.pose.train import forward_backward, make_loader, setup_distributed, wrap_model

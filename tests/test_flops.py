@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils import flop_counter
 
 import convformer_fast as cf
-from convformer_fast import cli
+from convformer_fast.cli import app as cli
 from convformer_fast.perf import flops, roofline
 from convformer_fast.presets import preset_config
 
@@ -79,7 +79,7 @@ def test_fast_model_counts_the_folded_conv_at_t243(eager_reports):
     eager = eager_reports[243]
     fast = cf.ConvFormerFast.from_preset("h36m-243", backend="torch").eval()
     report = flops.count_flops(fast, flops.model_inputs(fast))
-    # ARCHITECTURE.md section 2: about 5.3 G multiply-adds eager, 2.3 G folded.
+    # docs/ARCHITECTURE.md section 2: about 5.3 G multiply-adds eager, 2.3 G folded.
     assert 5.2e9 < eager.macs < 5.45e9
     assert 2.2e9 < report.macs < 2.4e9
     expected_saving = sum(macs * (sum(preset_config("h36m-243")["kernel_sizes"]) - k)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import convformer_fast as cf
-from convformer_fast.cli import main
+from convformer_fast.cli.app import main
 from convformer_fast.pose.data import extract_window, flip_test_time_augmentation, write_synthetic_h36m
 from convformer_fast.pose.data.custom import load_custom_2d, write_custom_2d
 from convformer_fast.pose.data.skeleton import H36M_17

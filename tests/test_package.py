@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import convformer_fast as cf
-from convformer_fast import cli
+from convformer_fast.cli import app as cli
 
 # Run in a fresh interpreter (the extension is loaded once per process): the package must
 # import, report why _C is unusable, fall back with exactly one warning that carries the

@@ -8,7 +8,7 @@ import torch
 import convformer_fast as cf
 from convformer_fast.reference import DMHCSA
 
-# Paper Tables 3-5 (ARCHITECTURE.md section 1): (T, d, B_sp, B_temp, kernels, params in M).
+# Paper Tables 3-5 (docs/ARCHITECTURE.md section 1): (T, d, B_sp, B_temp, kernels, params in M).
 PAPER_PARAMS = [
     (9, 32, 2, 2, (7, 7, 7), 2.56), (9, 16, 2, 2, (7, 7, 7), 0.65), (9, 64, 2, 2, (7, 7, 7), 9.97),
     (9, 32, 2, 4, (7, 7, 7), 4.95), (9, 32, 4, 2, (7, 7, 7), 2.70), (9, 32, 2, 2, (3,), 2.44),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import convformer_fast as cf
-from convformer_fast.cli import main
+from convformer_fast.cli.app import main
 from convformer_fast.pose.data import PoseSequence, PoseWindowDataset, write_synthetic_h36m
 from convformer_fast.pose.metrics import H36M_ACTIONS
 from convformer_fast.pose import evaluate as evaluate_module

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import platform
 import sys
 
@@ -93,7 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def _quiet_known_noise() -> None:
+    """torch logs "No CUDA runtime is found, using CUDA_HOME=..." whenever something imports
+    torch.utils.cpp_extension on a machine without a GPU (torch.compile's inductor does, in
+    `bench`): true, expected, and of no use to a user of these commands."""
+    logging.getLogger("torch.utils.cpp_extension").addFilter(_DropMessage("No CUDA runtime is found"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_known_noise()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # for commands that rerun themselves in a clean process

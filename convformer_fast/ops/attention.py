@@ -117,6 +117,7 @@ def backward_samples(dtype: torch.dtype):
 
 SPEC = OpSpec(
     name="attention",
+    tests=("tests/test_ops.py", "tests/test_cuda_emulated.py", "tests/triton/test_triton_kernels.py"),
     summary="qkv (3, N, h, S, d) -> (out (N, S, h*d), lse (N, h, S)): softmax(Q K^T / sqrt(d)) V "
             "per head (paper eq. 7)",
     kernels={
@@ -142,6 +143,7 @@ SPEC = OpSpec(
 
 BACKWARD_SPEC = OpSpec(
     name="attention_backward",
+    tests=("tests/test_ops.py", "tests/triton/test_triton_kernels.py"),
     summary="gradient of attention w.r.t. qkv, recomputing the probabilities from lse",
     kernels={CPU: "csrc/cpu/attention.cpp", TRITON: "convformer_fast/triton/kernels.py"},
     fake=lambda grad_out, qkv, out, lse: qkv.new_empty(qkv.shape),
@@ -151,3 +153,5 @@ BACKWARD_SPEC = OpSpec(
     backward_of="attention",
     note="checked against autograd through the reference in the gradient tests of attention",
 )
+
+SPECS = (SPEC, BACKWARD_SPEC)

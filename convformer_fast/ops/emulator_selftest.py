@@ -37,3 +37,5 @@ SPEC = OpSpec(
     samples=lambda dtype: [Sample((torch.randn(70), "none"), "70 elements")] if dtype == torch.float32 else [],
     tests=("tests/test_cuda_emulated.py",),
 )
+
+SPECS = (SPEC,)

@@ -78,3 +78,5 @@ SPEC = OpSpec(
     reference=reference,
     samples=samples,
 )
+
+SPECS = (SPEC,)

@@ -76,3 +76,5 @@ SPEC = OpSpec(
     note="no tensors: one CompositeExplicitAutograd kernel serves every device; "
          "tests/test_ops.py checks the values the backends and the audit rely on",
 )
+
+SPECS = (SPEC,)

@@ -144,6 +144,7 @@ def backward_samples(dtype: torch.dtype):
 
 SPEC = OpSpec(
     name="qkv_projection",
+    tests=("tests/test_ops.py", "tests/test_cuda_emulated.py", "tests/triton/test_triton_kernels.py"),
     summary="x (N, S, F) -> Q, K, V (3, N, h, S, F/h): the folded conv-QKV of one DMHCSA layer "
             "(paper eqs. 3-6 after the fold)",
     kernels={
@@ -168,6 +169,7 @@ SPEC = OpSpec(
 
 BACKWARD_SPEC = OpSpec(
     name="qkv_projection_backward",
+    tests=("tests/test_ops.py", "tests/triton/test_triton_kernels.py"),
     summary="gradients of qkv_projection w.r.t. (x, weight, bias): ATen's convolution backward",
     kernels={CPU: "csrc/cpu/qkv_projection.cpp", CUDA: "csrc/cuda/qkv_projection.cu",
              TRITON: "convformer_fast/triton/kernels.py"},
@@ -179,3 +181,5 @@ BACKWARD_SPEC = OpSpec(
     backward_of="qkv_projection",
     note="checked against autograd through the reference in the gradient tests of qkv_projection",
 )
+
+SPECS = (SPEC, BACKWARD_SPEC)

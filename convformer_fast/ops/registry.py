@@ -15,28 +15,30 @@ Derived from it, never listed by hand:
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
 
 from .._extension import LOAD_ERROR, REBUILD_COMMAND
 from . import limits
-from .attention import BACKWARD_SPEC as ATTENTION_BACKWARD
-from .attention import SPEC as ATTENTION
-from .emulator_selftest import SPEC as EMULATOR_SELFTEST
-from .feed_forward_residual import SPEC as FEED_FORWARD_RESIDUAL
-from .limits import SPEC as KERNEL_LIMITS
-from .qkv_projection import BACKWARD_SPEC as QKV_PROJECTION_BACKWARD
-from .qkv_projection import SPEC as QKV_PROJECTION
-from .spatial_attention_residual import SPEC as SPATIAL_ATTENTION_RESIDUAL
-from .spec import CPU, CUDA, EMULATED, EMULATED_NAMESPACE, NAMESPACE, TRITON, FlopFormula, OpSpec, repository_path
-from .winograd_weight import SPEC as WINOGRAD_WEIGHT
+from .spec import (CPU, CUDA, EMULATED, EMULATED_NAMESPACE, NAMESPACE, TRITON, FlopFormula, OpSpec,
+                   repository_path)
 
-OPS: dict[str, OpSpec] = {
-    spec.name: spec
-    for spec in (QKV_PROJECTION, QKV_PROJECTION_BACKWARD, WINOGRAD_WEIGHT, ATTENTION, ATTENTION_BACKWARD,
-                 SPATIAL_ATTENTION_RESIDUAL, FEED_FORWARD_RESIDUAL, KERNEL_LIMITS, EMULATOR_SELFTEST)
-}
+#: The op modules, each declaring its op(s) as ``SPECS``.
+OP_MODULES = ("qkv_projection", "winograd_weight", "attention", "spatial_attention_residual",
+              "feed_forward_residual", "limits", "emulator_selftest")
+
+OPS: dict[str, OpSpec] = {}
+#: op name -> the Python file that declares it (repository-relative).
+HOMES: dict[str, str] = {}
+for _module_name in OP_MODULES:
+    # import_module, not `from . import`: this package's __init__ rebinds some module names
+    # to the functions of the same name.
+    _module = importlib.import_module(f"{__package__}.{_module_name}")
+    for _spec in _module.SPECS:
+        OPS[_spec.name] = _spec
+        HOMES[_spec.name] = f"convformer_fast/ops/{_module_name}.py"
 
 
 def expected_library_ops() -> dict[str, set[str]]:
@@ -162,10 +164,27 @@ def consistency_problems(check_files: bool = True) -> list[str]:
         if spec.fake is not None and spec.reference is None and spec.backward_of is None and not spec.note:
             problems.append(f"{where}: no reference and no note naming the test that covers it")
         if check_files:
-            for path in list(spec.kernels.values()) + list(spec.tests):
+            for path in list(spec.kernels.values()) + list(spec.tests) + [HOMES[spec.name]]:
                 if not os.path.exists(repository_path(path)):
                     problems.append(f"{where}: names {path}, which does not exist")
     return problems
+
+
+def markdown_table() -> str:
+    """Where each part of every op lives, as the table of docs/ARCHITECTURE.md section 4
+    (tests/test_architecture.py checks that the document holds exactly this table)."""
+
+    def cell(impl):
+        path = spec.kernels.get(impl)
+        return f"`{path}`" if path else "-"
+
+    rows = ["| op | CPU kernel | CUDA kernel | emulated (CUDA source on the CPU) | Triton kernel | "
+            "wrapper, reference, fake, autograd, FLOPs, limits, samples | tests |",
+            "|---|---|---|---|---|---|---|"]
+    for spec in OPS.values():
+        rows.append(f"| `{spec.name}` | {cell(CPU)} | {cell(CUDA)} | {cell(EMULATED)} | {cell(TRITON)} | "
+                    f"`{HOMES[spec.name]}` | {', '.join(f'`{t}`' for t in spec.tests)} |")
+    return "\n".join(rows)
 
 
 if EXTENSION_ERROR is None:

@@ -87,6 +87,7 @@ def samples(dtype: torch.dtype):
 
 SPEC = OpSpec(
     name="spatial_attention_residual",
+    tests=("tests/test_ops.py", "tests/test_cuda_emulated.py"),
     summary="x (N, J, d) -> x + DMHCSA(LayerNorm(x)) for a spatial layer, fused (inference only)",
     kernels={
         CPU: "csrc/cpu/spatial_attention_residual.cpp",
@@ -107,3 +108,5 @@ SPEC = OpSpec(
     reference=reference,
     samples=samples,
 )
+
+SPECS = (SPEC,)

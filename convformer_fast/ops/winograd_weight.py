@@ -81,3 +81,5 @@ SPEC = OpSpec(
     note="no reference of its own: qkv_projection(..., winograd_weight) is compared with the "
          "projection's reference on PROJECTION_SHAPES (tests/test_ops.py)",
 )
+
+SPECS = (SPEC,)

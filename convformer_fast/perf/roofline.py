@@ -6,9 +6,9 @@ Two ingredients, both computed here:
   runs (on whatever device it runs, the CPU here): bytes read (its tensor inputs), bytes
   written (its outputs), and FLOPs from ``torch.utils.flop_counter``'s formulas (with the
   registry of :mod:`convformer_fast.perf.flops` added). Views move no data and count nothing.
-* :func:`fused_kernels`, the minimum traffic of the fused design (ARCHITECTURE.md
-  section 2): per block one kernel LN -> folded conv-QKV -> attention -> residual and one
-  kernel LN -> FFN (bias, GELU) -> residual, each reading its input and weights once and
+* :func:`fused_kernels`, the minimum traffic of the fused design
+  (docs/ARCHITECTURE.md section 2): per block one kernel LN -> folded conv-QKV -> attention ->
+  residual and one kernel LN -> FFN (bias, GELU) -> residual, each reading its input and weights once and
   writing its output once; Q, K, V and the FFN hidden state never leave the chip.
 
 :func:`roofline` turns either into time on a GPU of :data:`GPU_SPECS` as

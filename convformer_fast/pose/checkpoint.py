@@ -48,11 +48,6 @@ __all__ = [
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KIND = "convformer_fast.pose"
 
-# Fields of ConvFormer.config that change no tensor shape (compared, but only those
-# stored in the checkpoint can be checked; the weights cannot tell num_heads).
-_SHAPE_FREE_FIELDS = ("num_heads", "drop_path", "agg_dropout")
-
-
 class CheckpointError(ValueError):
     """A checkpoint file is unreadable, malformed, or belongs to another configuration."""
 

@@ -255,11 +255,3 @@ def time_layer(layout: str, n: int, tokens: int, features: int, heads: int,
                          device=torch.cuda.get_device_name()))
     return rows
 
-
-def fmt_costs(costs: dict) -> str:
-    """One line per cost, in GFLOP and MB, for READMEs and logs."""
-    lines = []
-    for key, value in costs.items():
-        unit = "GFLOP" if "flops" in key else "MB"
-        lines.append(f"{key:22s} {value / 1e9 if unit == 'GFLOP' else value / 1e6:10.3f} {unit}")
-    return "\n".join(lines)

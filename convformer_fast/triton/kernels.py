@@ -4,7 +4,7 @@ Imported lazily (by :mod:`convformer_fast.triton.ops`), never by ``import convfo
 ``@triton.jit`` decides between compiled and interpreted kernels when it runs, so
 ``TRITON_INTERPRET=1`` must be in the environment before this module is imported.
 
-Notation (ARCHITECTURE.md section 1, kernels/qkv_layout.h). A DMHCSA input is x (N, S, F);
+Notation (docs/ARCHITECTURE.md section 1, kernels/qkv_layout.h). A DMHCSA input is x (N, S, F);
 the folded projection is one 1-D convolution (kernel k, zero padding k // 2, 3C output
 channels) seen as conv(n, c, l) over a length axis L:
 

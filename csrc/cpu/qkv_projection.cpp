@@ -1,6 +1,6 @@
 // convformer_fast::qkv_projection and its backward on the CPU.
 //
-// The folded projection is one Conv1d (ARCHITECTURE.md section 2), i.e. one large GEMM:
+// The folded projection is one Conv1d (docs/ARCHITECTURE.md section 2), i.e. one large GEMM:
 // on the CPU the spatial layout runs as chunked im2col GEMMs (cpu/spatial_projection.cpp),
 // where oneDNN is slow; the temporal layout through Winograd F(m, k) when the caller passes
 // the transformed weight (cpu/winograd.h), else as oneDNN's convolution through ATen (an

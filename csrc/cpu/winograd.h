@@ -1,7 +1,7 @@
 // Winograd / Toom-Cook minimal filtering for the temporal conv-QKV projection on the CPU.
 //
 // A temporal layer's folded projection is a Conv1d with C = T channels (frames) sliding a
-// kernel of r taps along the J*d features (ARCHITECTURE.md section 2): at T = 243 it is 78 %
+// kernel of r taps along the J*d features (docs/ARCHITECTURE.md section 2): at T = 243 it is 78 %
 // of the fast model's FLOPs. F(m, r) computes m outputs of an r-tap correlation from
 // alpha = m + r - 1 inputs with alpha multiplications instead of m * r:
 //     y = A^T [ (G g) . (B^T d) ]       (g: r taps, d: alpha inputs, y: m outputs)

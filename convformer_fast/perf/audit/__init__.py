@@ -328,7 +328,7 @@ def toolchain() -> dict:
     """Versions of everything that shaped the numbers."""
     import triton
 
-    from ..._toolchain import cuda_home
+    from ...toolchain import cuda_home
 
     home = cuda_home()
     nvcc = os.path.join(home, "bin", "nvcc") if home else None

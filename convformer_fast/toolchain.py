@@ -1,8 +1,8 @@
 """Finds the CUDA toolkit for builds (stdlib only: setup.py loads this file by path before
 torch's build helpers are imported, and the Makefile runs it to configure CMake).
 
-    python convformer_fast/_toolchain.py cuda-home     the toolkit root, or nothing
-    python convformer_fast/_toolchain.py cmake-args    -D flags that let find_package(Torch)
+    python convformer_fast/toolchain.py cuda-home     the toolkit root, or nothing
+    python convformer_fast/toolchain.py cmake-args    -D flags that let find_package(Torch)
                                                        find CUDA for a CUDA build of torch
 """
 
