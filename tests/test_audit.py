@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from collections import Counter
 import pytest
 
 from convformer_fast.perf import audit
+from convformer_fast.perf.audit import internals
 from convformer_fast.toolchain import cuda_home
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,8 +39,9 @@ HAS_NVCC = bool(NVCC and os.path.exists(NVCC))
 OCC_HEADER = os.path.join(CUDA_HOME or "", "include", "cuda_occupancy.h")
 
 
-def _fresh_python(code: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def _fresh_python(code: str, timeout: int = 600, **env_vars: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != audit.INTERPRET_ENV_VAR}
+    env.update(env_vars)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=timeout)
@@ -238,6 +241,115 @@ def test_occupancy_matches_cuda_occupancy_calculator(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------
+# Private torch / Triton internals, and what the audit reads from _C
+# ----------------------------------------------------------------------------------------
+
+
+def _prune_without_nargs(self, kwargs):
+    return self.configs
+
+
+@pytest.mark.parametrize("owner, name, replacement, complaint", [
+    ("triton.backends.nvidia.compiler.CUDABackend", "make_cubin", None, "is gone"),
+    ("triton.runtime.autotuner.Autotuner", "prune_configs", _prune_without_nargs, "no longer reads self.nargs"),
+])
+def test_a_changed_triton_internal_is_named_in_one_line(monkeypatch, owner, name, replacement, complaint):
+    import importlib
+
+    import triton
+
+    module, cls = owner.rsplit(".", 1)
+    target = getattr(importlib.import_module(module), cls)
+    monkeypatch.setattr(internals, "_checked", set())
+    if replacement is None:
+        monkeypatch.delattr(target, name)
+    else:
+        monkeypatch.setattr(target, name, replacement)
+    with pytest.raises(audit.AuditError) as raised:
+        internals.check_triton()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"triton {triton.__version__}: {owner}.{name} {complaint}"), message
+    assert internals.CHECKED_AGAINST in message and "internals.py" in message
+
+
+def test_a_changed_torch_signature_is_named_in_one_line(monkeypatch):
+    internals.quiet_cuda_home_notice()
+    import torch.utils.cpp_extension as cpp_extension
+
+    def renamed(sources, objects, cflags, post_cflags, nvcc_cflags, nvcc_post_cflags, **kwargs):
+        pass
+
+    monkeypatch.setattr(internals, "_checked", set())
+    monkeypatch.setattr(cpp_extension, "_write_ninja_file_and_compile_objects", renamed)
+    with pytest.raises(audit.AuditError) as raised:
+        internals.check_torch()
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("torch ")
+    assert ("_write_ninja_file_and_compile_objects takes (sources, objects, cflags, post_cflags, "
+            "nvcc_cflags, nvcc_post_cflags, kwargs), not (sources, objects, cflags, post_cflags, "
+            "cuda_cflags, cuda_post_cflags)") in message
+
+
+def test_the_stand_in_driver_names_what_triton_asks_of_it():
+    driver = internals.TargetDriver(90)
+    assert (driver.get_current_target().arch, driver.get_current_device()) == (90, 90)
+    assert not hasattr(driver, "get_device_interface")  # Triton's own probes still read "absent"
+    with pytest.raises(audit.AuditError, match="asked the active driver for 'get_device_interface'"):
+        driver.get_device_interface()
+
+
+def test_only_torchs_cuda_home_notice_is_silenced():
+    internals.quiet_cuda_home_notice()
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        logger.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local/cuda")
+        logger.warning("Error checking compiler version for %s", "c++")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == ["Error checking compiler version for c++"]
+
+
+def test_kernels_command_stops_in_one_line_when_a_triton_internal_is_gone():
+    """Before compiling anything (the selection is tiny in case it did not stop)."""
+    result = _fresh_python("""
+        import runpy, sys
+        from triton.runtime.driver import DriverConfig
+        del DriverConfig.set_active
+        sys.argv = ["convformer-fast", "kernels", "--only", "triton", "--preset", "h36m-9", "--dtype", "fp32",
+                    "--arch", "90", "--kernel", "attention_bwd_preprocess", "--no-progress"]
+        runpy.run_module("convformer_fast.cli", run_name="__main__")
+        """, timeout=300)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("convformer-fast kernels: error: triton "), line
+    assert "triton.runtime.driver.driver.set_active is gone" in line and internals.CHECKED_AGAINST in line
+
+
+def test_kernels_command_reads_shared_memory_limits_from_the_library():
+    """The per-block shared memory of each target comes from _C (csrc/kernel_limits.h):
+    without _C the command says so in one line (exit 2) instead of guessing."""
+    from convformer_fast.ops.limits import shared_memory_per_block_optin
+
+    optin = shared_memory_per_block_optin()
+    assert {a: t.smem_per_block_optin for a, t in audit.TARGETS.items()} == {a: optin[a] for a in (80, 90)}
+    result = _fresh_python("""
+        import runpy, sys
+        sys.argv = ["convformer-fast", "kernels", "--arch", "70"]
+        runpy.run_module("convformer_fast.cli", run_name="__main__")
+        """, timeout=300, CONVFORMER_FAST_DISABLE_EXTENSION="1")
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("convformer-fast kernels: error: the audit reads each GPU's shared memory "
+                           "per block from convformer_fast._C"), line
+    assert "CONVFORMER_FAST_DISABLE_EXTENSION=1" in line
+
+
+# ----------------------------------------------------------------------------------------
 # Planted problems: the detectors fire on real compiler output
 # ----------------------------------------------------------------------------------------
 
@@ -269,11 +381,11 @@ def test_triton_kernel_that_cannot_fit_its_tile_is_failed(tmp_path):
                                    [(0, (torch.float32, torch.float32), dict(BLOCK=128))])
             (row,) = audit.compile_job(job)
             row.update(kernel="hoarding_kernel", dtype="fp32", arch=arch, source="triton")
-            rows.append(audit._finish_row(row, audit.TARGETS[arch], strict_mma=True))
+            rows.append(audit.judge_row(row, audit.TARGETS[arch], strict_mma=True))
             # Again from Triton's disk cache (no ptxas runs): the audit reruns Triton's
             # ptxas stage itself and must find the same numbers.
             planted_kernels.hoarding_kernel.device_caches.clear()
-            audit._ANALYSED.clear()
+            audit.triton_kernels._ANALYSED.clear()
             again.append(audit.compile_job(job)[0])
         print(json.dumps([rows, again]))
         """)
@@ -390,6 +502,7 @@ def test_quick_audit_passes_for_every_kernel(tmp_path):
         elif row["has_dot"]:
             assert row["mma"]["input_types"] == ["bf16"], row
     assert "Roofline ESTIMATE" in result.stdout and "compiled and analysed here, not run on a GPU" in result.stdout
+    assert "No CUDA runtime is found" not in result.stderr, "torch's notice is silenced"
     if HAS_NVCC:
         cuda_names = {r["kernel"] for r in report["cuda"]}
         assert cuda_names == _global_kernels(), "every __global__ kernel is audited"

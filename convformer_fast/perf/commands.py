@@ -348,7 +348,7 @@ def cmd_kernels(args) -> int:
             raise UsageError(f"--source-root {args.source_root!r} has no setup.py")
         if args.only not in (None, "triton", "cuda"):
             raise UsageError(f"--only: got {args.only!r}, expected triton or cuda")
-    except UsageError as error:
+    except (UsageError, audit.AuditError) as error:  # AuditError: the targets need _C
         print(f"convformer-fast kernels: error: {error}", file=sys.stderr)
         return 2
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,6 @@
+"""The audit's one exception type."""
+
+
+class AuditError(Exception):
+    """The audit cannot run as asked (bad argument, missing tool, changed torch or Triton
+    internals): one line for the user; ``convformer-fast kernels`` exits with 2."""
