@@ -59,6 +59,7 @@ import math
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -619,12 +620,12 @@ def test_kept_failures_are_replayed_first_and_never_deleted(tmp_path):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_fold_cache_under_threads(backend):
     """Two threads run forward while a third updates a weight in place between rounds:
-    every output equals the eager result for the weights of its round."""
+    every output equals the eager result for the weights of its round (a worker's failed
+    assertion fails the test: run_concurrently re-raises it)."""
     torch.manual_seed(0)
     layer = DMHCSAFast("temporal", 7, 24, (3, 5), 4, backend=backend).eval()
     reference = cf.DMHCSA("temporal", 7, 24, (3, 5), 4).eval()
     x = torch.randn(3, 7, 24)
-    failures = []
     for round_ in range(6):
         with torch.no_grad():
             layer.value_convs[1].weight.add_(0.1 * round_)
@@ -637,11 +638,65 @@ def test_fold_cache_under_threads(backend):
             for _ in range(5):
                 with torch.no_grad():
                     out = layer(x)
-                if not torch.allclose(out, expected, rtol=1e-4, atol=1e-5):
-                    failures.append(round_)
+                assert_close(out, expected, FORWARD_TOL[torch.float32], f"round {round_}: stale or torn fold")
 
         run_concurrently(worker, 2)
-    assert not failures, f"stale or torn fold in rounds {sorted(set(failures))}"
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_parameters_updated_while_forwards_run(backend):
+    """Two threads run forwards while a third flips one logit of eta (theta[0, 0], a single
+    float: its store is atomic, so the weights are always exactly the old or the new ones)
+    back and forth: every output equals the old or the new weights' result, never a fold
+    mixing them, and once the updates stop (20 times), the next output is the final
+    weights' (a fold cached under a newer version than it was computed from would stay
+    stale). 130 frames:
+    the cpu backend's Winograd weight is derived from the fold and cached beside it."""
+    torch.manual_seed(0)
+    layer = DMHCSAFast("temporal", 130, 12, (3, 7), 2, backend=backend).eval()
+    reference = cf.DMHCSA("temporal", 130, 12, (3, 7), 2).eval()
+    x = torch.randn(2, 130, 12)
+    values = (-2.0, 2.0)
+    expected = []
+    for value in values:
+        with torch.no_grad():
+            layer.theta[0, 0] = value
+            reference.load_state_dict(layer.state_dict())
+            expected.append(reference(x))
+    assert not torch.allclose(expected[0], expected[1], rtol=1e-2, atol=1e-2)  # the two are told apart
+    outputs = []
+    tol = FORWARD_TOL[torch.float32]
+    for epoch in range(20):
+        running = threading.Event()
+        running.set()
+
+        def forwards():
+            while running.is_set():
+                with torch.no_grad():
+                    outputs.append(layer(x))
+
+        threads = [threading.Thread(target=forwards) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        try:
+            flips = 10 + epoch % 2  # the epochs end on either value
+            for flip in range(flips):
+                with torch.no_grad():
+                    layer.theta[0, 0] = values[flip % 2]
+                time.sleep(0.001)
+        finally:
+            running.clear()
+            for thread in threads:
+                thread.join()
+        with torch.no_grad():
+            assert_close(layer(x), expected[(flips - 1) % 2], tol, f"epoch {epoch}: after the last update")
+    assert len(outputs) >= 20, f"only {len(outputs)} forwards ran while the weights changed"
+    mixed = [i for i, out in enumerate(outputs)
+             if not any(torch.allclose(out, e, rtol=tol[0], atol=tol[1]) for e in expected)]
+    assert not mixed, f"{len(mixed)} of {len(outputs)} outputs are neither the old nor the new weights' result"
+    seen = {next(j for j, e in enumerate(expected) if torch.allclose(out, e, rtol=tol[0], atol=tol[1]))
+            for out in outputs}
+    assert seen == {0, 1}, f"the forwards saw only the weights {[values[j] for j in seen]}"
 
 
 def small_model(backend, **overrides):
