@@ -4,9 +4,14 @@ Install with ``pip install --no-build-isolation -e .`` once torch is installed: 
 extension compiles against the torch in your environment (an isolated build environment
 would download and build against a different torch, and the ops would fail to load).
 
+pyproject.toml names setuptools as the build backend, so pip always takes the standard
+(PEP 517 / PEP 660) build path, with or without ``wheel`` installed.
+
 Environment:
-  FORCE_CUDA=1            build the CUDA kernels even where torch.cuda is not available
-                          (they are built by default when torch is a CUDA build and nvcc is found)
+  FORCE_CUDA=1 / 0        build the CUDA kernels or not; unset, they are built where torch is
+                          a CUDA build and nvcc is found, GPU or not (the one rule:
+                          convformer_fast/_toolchain.py cuda_build, which the tests check
+                          the build against)
   TORCH_CUDA_ARCH_LIST    GPU targets, default "8.0;9.0" (A100, H100)
   CUDA_HOME               toolkit root; if unset and `nvcc` on PATH is a wrapper script that
                           execs the real compiler, its toolkit is used
@@ -35,29 +40,27 @@ def _load_toolchain():
     return module
 
 
+_toolchain = _load_toolchain()
 # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
-_cuda_home = _load_toolchain().cuda_home()
+_cuda_home = _toolchain.cuda_home()
 if _cuda_home:
     os.environ["CUDA_HOME"] = _cuda_home
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
-import torch  # noqa: E402
+try:
+    import torch  # noqa: E402
+except ModuleNotFoundError as error:
+    raise SystemExit(
+        f"convformer_fast: the extension compiles against the installed torch, and this build "
+        f"environment has none ({error}). Install torch first (`pip install -r requirements.txt`), "
+        f"then build without pip's isolated environment: `pip install --no-build-isolation -e .`"
+    ) from None
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
-
-
-def _want_cuda() -> bool:
-    if os.environ.get("FORCE_CUDA", "0") == "1":
-        return True
-    if os.environ.get("FORCE_CUDA") == "0":
-        return False
-    return torch.version.cuda is not None and _cuda_home is not None and os.path.exists(
-        os.path.join(_cuda_home, "bin", "nvcc")
-    )
 
 
 def _extension():
     debug = os.environ.get("DEBUG", "0") == "1"
-    with_cuda = _want_cuda()
+    with_cuda, why = _toolchain.cuda_build(torch.version.cuda)
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # -fno-trapping-math lets branch-free float code (fast_exp.h) vectorise; torch uses it too.
     # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` in ATen's headers, so
@@ -80,7 +83,7 @@ def _extension():
         extra["nvcc"] = nvcc
         ext_cls = CUDAExtension
     print(
-        f"convformer_fast build: torch {torch.__version__}, cuda={with_cuda} "
+        f"convformer_fast build: torch {torch.__version__}, cuda={with_cuda}: {why} "
         f"(CUDA_HOME={_cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}), "
         f"debug={debug}, sources={len(sources)}",
         file=sys.stderr,

@@ -11,12 +11,12 @@ export, bad input, that the kernels really run (and that gradients switch to the
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import convformer_fast as cf
@@ -27,8 +27,11 @@ from convformer_fast.fold import fold_qkv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from convformer_fast.ops.attention import reference as reference_attention
+from convformer_fast.ops.spatial_attention_residual import reference as spatial_reference
+
 from conftest import FORWARD_TOL, assert_close, reference_qkv, run_concurrently
-from test_reliability import DTYPES, MAGNITUDES, assert_close_normwise, model_examples, random_model, resident_mb
+from test_reliability import DTYPES, MAGNITUDES, model_examples, random_model, resident_mb, tolerance
 
 pytestmark = pytest.mark.skipif(not cf.extension_loaded(), reason=str(cf.EXTENSION_ERROR))
 
@@ -42,21 +45,13 @@ def emulated():
 
 
 # ----------------------------------------------------------------------------- references
-
-
-def reference_attention(qkv):
-    """(3, N, h, S, d) -> out (N, S, h*d), lse (N, h, S): explicit softmax."""
-    q, k, v = qkv.unbind(0)
-    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
-    out = torch.softmax(scores, dim=-1) @ v
-    n, h, s, d = out.shape
-    return out.transpose(1, 2).reshape(n, s, h * d), torch.logsumexp(scores, dim=-1)
+# The registry's references (convformer_fast/ops/): the projection written out with unfold +
+# einsum, attention with an explicit softmax, the spatial half as LayerNorm -> projection ->
+# attention -> residual in x's dtype.
 
 
 def reference_spatial_half(x, norm_weight, norm_bias, eps, weight, bias, heads):
-    """x + attention(conv-QKV(LayerNorm(x))) with the folded weight, all in x's dtype."""
-    y = F.layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, eps)
-    return x + reference_attention(reference_qkv(y, weight, bias, heads, "spatial"))[0]
+    return spatial_reference(x, norm_weight, norm_bias, eps, weight, bias, heads)
 
 
 def spatial_args(frames, joints, features, heads, k, dtype=torch.float64, seed=0):
@@ -149,13 +144,16 @@ SPATIAL_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("shape", SPATIAL_SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def within_spatial_limit(dtype):
+    """SPATIAL_SHAPES whose head dim the kernel serves in ``dtype`` (fp64 has fewer register
+    buckets; the limit itself is tested in test_python_limits_match_the_kernels)."""
+    limit = ops.limits.spatial_max_head_dim(dtype) if cf.extension_loaded() else 0
+    return [pytest.param(shape, dtype, id=f"{shape}-{str(dtype)[6:]}") for shape in SPATIAL_SHAPES
+            if shape[2] // shape[3] <= limit]
+
+
+@pytest.mark.parametrize("shape,dtype", within_spatial_limit(torch.float32) + within_spatial_limit(torch.float64))
 def test_spatial_attention_residual_matches_reference(shape, dtype):
-    frames, joints, features, heads, k = shape
-    if features // heads > ops.limits.spatial_max_head_dim(dtype):
-        pytest.skip(f"d_head {features // heads} is above the {dtype} kernel's limit (tested in "
-                    "test_python_limits_match_the_kernels)")
     args = spatial_args(*shape)
     expected = reference_spatial_half(*args)
     actual = emulated().spatial_attention_residual(*cast(args, dtype))
@@ -403,11 +401,11 @@ def test_python_limits_match_the_kernels(dtype):
         emulated().attention(random_qkv(1, 1, 3, limit + 1))
 
 
-# Property test: tests/test_reliability.py's model strategy (T 1-64, J 1-24, 1-4 kernel
+# Property test: tests/test_reliability.py's broad model strategy (T 1-64, J 1-24, 1-4 kernel
 # sizes, 1-3 blocks per stage, 1-8 heads of 1-16 features, batch 1-5, all within its cost
-# budget; fp32/fp64, inputs x1e-3/1/1e3), fewer examples than there (each emulated forward
-# costs ~50-500 ms here), eval only (with gradients the backend is the torch path, tested
-# there).
+# budget; fp32/fp64, inputs x1e-3/1/1e3; its weights and elementwise tolerances), fewer
+# examples than there (each emulated forward costs ~50-500 ms here), eval only (with
+# gradients the backend is the torch path, tested there).
 @settings(max_examples=int(os.environ.get("CUDA_EMULATED_EXAMPLES", "10")), deadline=None, derandomize=True,
           database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(example_=model_examples(), magnitude=MAGNITUDES, dtype=DTYPES, seed=st.integers(0, 2**16))
@@ -418,7 +416,7 @@ def test_property_emulated_model_matches_eager(example_, magnitude, dtype, seed)
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(batch, config["num_frames"], config["num_joints"], 2, generator=gen, dtype=dtype) * magnitude
     with torch.no_grad():
-        assert_close_normwise(fast(x), ref(x), FORWARD_TOL[dtype], f"eval {config} batch {batch}")
+        assert_close(fast(x), ref(x), tolerance(FORWARD_TOL, dtype, magnitude), f"eval {config} batch {batch}")
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
@@ -554,11 +552,25 @@ def test_cuda_spatial_kernel_matches_reference(shape, exact_fp32):
 @cuda_only
 @pytest.mark.parametrize("shape", ATTENTION_SHAPES + [(2, 8, 351, 68)], ids=str)
 def test_cuda_attention_kernel_matches_reference(shape):
-    qkv = random_qkv(*shape, scale=3.0)
+    # Unit logits, where eager fp32 itself is within FORWARD_TOL (as in
+    # test_attention_matches_reference); larger logits: the next test.
+    qkv = random_qkv(*shape, scale=1.0)
     expected_out, expected_lse = reference_attention(qkv)
     out, lse = torch.ops.convformer_fast.attention(qkv.float().cuda())
     assert_close(out.double().cpu(), expected_out, FORWARD_TOL[torch.float32], f"cuda out {shape}")
     assert_close(lse.double().cpu(), expected_lse, FORWARD_TOL[torch.float32], f"cuda lse {shape}")
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float32] + LOW_PRECISION, ids=str)
+def test_cuda_attention_large_logits_or_low_precision_within_twice_eager_error(dtype, exact_fp32):
+    """Logits of std ~9 (fp32, where eager fp32 is ~2e-5 off fp64) and fp16/bf16: within
+    twice eager's own error at that precision on the same GPU, both against fp64."""
+    qkv = random_qkv(2, 8, 81, 68, scale=3.0).cuda()
+    exact, _ = reference_attention(qkv)
+    err_mine = (torch.ops.convformer_fast.attention(qkv.to(dtype))[0].double() - exact).abs().max().item()
+    err_eager = (reference_attention(qkv.to(dtype))[0].double() - exact).abs().max().item()
+    assert err_mine <= 2 * err_eager, (dtype, err_mine, err_eager)
 
 
 @cuda_only
@@ -572,7 +584,14 @@ def test_cuda_backend_matches_eager_on_paper_models(preset, batch, exact_fp32):
     with torch.inference_mode():
         with RecordOps("convformer_fast") as record:
             actual = fast(x)
-        assert_close(actual, ref(x), FORWARD_TOL[torch.float32], f"cuda {preset}")
+        eager = ref(x)
+        exact = copy.deepcopy(ref).double()(x.double())
+    # A whole paper model (up to 243 frames, 16 blocks) in fp32 on a GPU: eager fp32 itself
+    # need not be within FORWARD_TOL of fp64 everywhere, so the kernels get twice its error
+    # (plus FORWARD_TOL's atol, for where eager happens to be almost exact), both against fp64.
+    err_mine = (actual.double() - exact).abs().max().item()
+    err_eager = (eager.double() - exact).abs().max().item()
+    assert err_mine <= 2 * err_eager + FORWARD_TOL[torch.float32][1], (preset, err_mine, err_eager)
     assert "spatial_attention_residual" in record.names and "attention" in record.names
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 import sys
 
 import pytest
 import torch
 
 import convformer_fast as cf
+from convformer_fast import backends
 from convformer_fast.fast import DMHCSAFast
 from convformer_fast.reference import DMHCSA
 
@@ -245,10 +247,19 @@ def test_data_parallel_replicas_compute_like_the_module(fast_backend, monkeypatc
 def test_backend_errors():
     with pytest.raises(ValueError, match="unknown backend 'fastest'"):
         cf.ConvFormerFast(**MODEL_CONFIGS["t5_j17_single"], backend="fastest")
-    with pytest.raises(ValueError, match="'cuda' is unavailable"):
-        cf.DMHCSAFast("spatial", 17, 8, (3,), 2, backend="cuda")
     with pytest.raises(ValueError, match="unknown backend"):
         cf.ConvFormerFast(**MODEL_CONFIGS["t5_j17_single"]).set_backend("nope")
+
+
+def test_naming_a_backend_that_cannot_run_here_raises_with_its_reason():
+    """The cuda backend runs where a GPU and the CUDA build exist, and is refused elsewhere
+    with the reason available_backends() gives."""
+    info = cf.available_backends()["cuda"]
+    if info.available:
+        assert cf.DMHCSAFast("spatial", 17, 8, (3,), 2, backend="cuda").backend == "cuda"
+    else:
+        with pytest.raises(ValueError, match="backend: 'cuda' is unavailable: " + re.escape(info.reason)):
+            cf.DMHCSAFast("spatial", 17, 8, (3,), 2, backend="cuda")
 
 
 def test_available_backends_reports_reasons():
@@ -259,11 +270,21 @@ def test_available_backends_reports_reasons():
         assert info.available == (info.reason == "")
 
 
-def test_auto_picks_cpu_kernels_when_built(monkeypatch):
-    from convformer_fast.backends import select_backend
-
+@pytest.mark.skipif(not cf.extension_loaded(), reason=str(cf.EXTENSION_ERROR))
+def test_auto_picks_cpu_kernels(monkeypatch):
+    monkeypatch.delenv(backends.AUTO_ENV_VAR, raising=False)
     x = torch.randn(1, 17, 8)
-    expected = "cpu" if cf.extension_loaded() else "torch"
-    assert select_backend("auto", x).name == expected
-    monkeypatch.setenv("CONVFORMER_FAST_BACKEND", "eager")
-    assert select_backend("auto", x).name == "eager"
+    assert backends.select_backend("auto", x).name == "cpu"
+    monkeypatch.setenv(backends.AUTO_ENV_VAR, "eager")
+    assert backends.select_backend("auto", x).name == "eager"
+
+
+def test_auto_falls_back_to_torch_with_one_warning_without_the_kernels(monkeypatch):
+    monkeypatch.delenv(backends.AUTO_ENV_VAR, raising=False)
+    reason = "convformer_fast._C is not built (planted by the test)"
+    monkeypatch.setattr(backends, "EXTENSION_ERROR", reason)
+    monkeypatch.setattr(backends, "_warned_fallback", False)
+    monkeypatch.setattr(type(backends.BACKENDS["cpu"]), "unavailable_reason", lambda self: reason)
+    x = torch.randn(1, 17, 8)
+    with pytest.warns(RuntimeWarning, match="backend 'auto' falls back to 'torch': " + re.escape(reason)):
+        assert backends.select_backend("auto", x).name == "torch"

@@ -71,7 +71,7 @@ def test_eager_model_reproduces_paper_table5(eager_reports, t):
     paper_params_m, paper_flops_m = flops.PAPER_TABLE5[t]
     report = eager_reports[t]
     assert report.unsupported == {}
-    assert abs(report.total / 1e6 / paper_flops_m - 1) < 0.10, (t, report.total)
+    assert abs(report.total / 1e6 / paper_flops_m - 1) < 0.07, (t, report.total)  # README: "within 7 %"
     assert abs(report.params / 1e6 / paper_params_m - 1) < 0.015, (t, report.params)
 
 

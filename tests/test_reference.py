@@ -24,7 +24,8 @@ def test_parameter_count_matches_paper(t, d, b_sp, b_temp, kernels, paper_m):
         model = cf.ConvFormer(num_frames=t, embed_dim=d, spatial_depth=b_sp,
                               temporal_depth=b_temp, kernel_sizes=kernels)
     count = sum(p.numel() for p in model.parameters()) / 1e6
-    assert abs(count - paper_m) / paper_m < 0.02, f"{count:.3f} M vs paper {paper_m} M"
+    # The README states "all within 1.5 %".
+    assert abs(count - paper_m) / paper_m < 0.015, f"{count:.3f} M vs paper {paper_m} M"
 
 
 @pytest.mark.parametrize("name", sorted(cf.PRESETS))

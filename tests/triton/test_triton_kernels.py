@@ -176,12 +176,28 @@ def test_bfloat16_gradients_on_gpu():
 
 @cuda_only
 def test_tf32_is_opt_in(monkeypatch):
-    """fp32 on a GPU is exact ("ieee") unless torch allows TF32 for fp32 matmuls."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    """fp32 on a GPU is exact ("ieee") unless torch allows TF32 for fp32 matmuls, and then
+    the kernels do use TF32 (10-bit mantissas: errors far above ieee's, within TF32's)."""
     x, weight, bias = projection_args("temporal", 2, 27, 136, 2, 7, requires_grad=False)
+    qkv = qkv_args(2, 2, 81, 68, requires_grad=False)
     expected = reference_qkv(*(t.double() for t in (x, weight, bias)), 2, "temporal")
-    exact = tops().qkv_projection(x, weight, bias, 2, "temporal").double()
-    assert_close(exact, expected, "ieee fp32", **FWD_TOL)
+    expected_attention = reference_attention(qkv.double())
+    errors = {}
+    for allow in (False, True):
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow)
+        projection = tops().qkv_projection(x, weight, bias, 2, "temporal").double()
+        attention = tops().attention(qkv).double()
+        errors[allow] = ((projection - expected).abs().max().item(), (attention - expected_attention).abs().max().item())
+        if not allow:
+            assert_close(projection, expected, "ieee fp32 projection", **FWD_TOL)
+            assert_close(attention, expected_attention, "ieee fp32 attention", **FWD_TOL)
+        else:
+            # TF32 rounds inputs to 2^-11 relative: on these unit-scale problems (189-term
+            # and 68-term dot products) ~1e-3; rtol = atol = 1e-2 bounds it.
+            assert_close(projection, expected, "tf32 projection", rtol=1e-2, atol=1e-2)
+            assert_close(attention, expected_attention, "tf32 attention", rtol=1e-2, atol=1e-2)
+    for what, ieee, tf32 in zip(("projection", "attention"), errors[False], errors[True]):
+        assert tf32 > 10 * ieee, f"{what}: allow_tf32=True changed nothing ({tf32:.2e} vs ieee {ieee:.2e})"
 
 
 # ----------------------------------------------------------------------------------------
