@@ -4,7 +4,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 # Whether the CUDA kernels are built (wherever torch is a CUDA build and nvcc is found, GPU
-# or not; FORCE_CUDA=1/0 overrides) is decided by convformer_fast/_toolchain.py alone, and
+# or not; FORCE_CUDA=1/0 overrides) is decided by convformer_fast/toolchain.py alone, and
 # the test suite checks the build against the same rule.
 MAX_JOBS ?= 2
 export MAX_JOBS

@@ -10,7 +10,7 @@ pyproject.toml names setuptools as the build backend, so pip always takes the st
 Environment:
   FORCE_CUDA=1 / 0        build the CUDA kernels or not; unset, they are built where torch is
                           a CUDA build and nvcc is found, GPU or not (the one rule:
-                          convformer_fast/_toolchain.py cuda_build, which the tests check
+                          convformer_fast/toolchain.py cuda_build, which the tests check
                           the build against)
   TORCH_CUDA_ARCH_LIST    GPU targets, default "8.0;9.0" (A100, H100)
   CUDA_HOME               toolkit root; if unset and `nvcc` on PATH is a wrapper script that
@@ -40,9 +40,9 @@ def _load_toolchain():
     return module
 
 
-_toolchain = _load_toolchain()
+toolchain = _load_toolchain()
 # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
-_cuda_home = _toolchain.cuda_home()
+_cuda_home = toolchain.cuda_home()
 if _cuda_home:
     os.environ["CUDA_HOME"] = _cuda_home
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -60,7 +60,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 def _extension():
     debug = os.environ.get("DEBUG", "0") == "1"
-    with_cuda, why = _toolchain.cuda_build(torch.version.cuda)
+    with_cuda, why = toolchain.cuda_build(torch.version.cuda)
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # -fno-trapping-math lets branch-free float code (fast_exp.h) vectorise; torch uses it too.
     # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` in ATen's headers, so

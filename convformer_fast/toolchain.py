@@ -6,7 +6,7 @@ the Makefile runs it to configure CMake, and the test suite checks the build aga
     python convformer_fast/toolchain.py cuda-home     the toolkit root, or nothing
     python convformer_fast/toolchain.py cmake-args    -D flags that let find_package(Torch)
                                                        find CUDA for a CUDA build of torch
-    python convformer_fast/_toolchain.py cuda-build    1 or 0, then why
+    python convformer_fast/toolchain.py cuda-build    1 or 0, then why
 """
 
 from __future__ import annotations

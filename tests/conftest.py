@@ -5,7 +5,7 @@ threads) and the suite's checks on itself:
   ``CONVFORMER_FAST_REQUIRE_BUILD=1``, the session stops before collecting anything when
   what this machine can build is missing (:func:`build_problems`): ``_C`` not loaded, the
   ``cpu``, ``cuda_emulated`` or ``triton`` backend unavailable, the CUDA kernels not in
-  ``_C`` where the build rule (``convformer_fast/_toolchain.py``: ``cuda_build``) says they
+  ``_C`` where the build rule (``convformer_fast/toolchain.py``: ``cuda_build``) says they
   are built, the ``cuda`` backend unavailable on a machine with a GPU. Outside CI such a
   checkout skips what it cannot run (a user without a compiler can still run the rest).
 * **Skips.** Every skip is recorded with its reason (:data:`SKIPS`);
@@ -29,7 +29,7 @@ if not torch.cuda.is_available():
 
 import convformer_fast as cf  # noqa: E402
 from convformer_fast import ops  # noqa: E402
-from convformer_fast._toolchain import cuda_build  # noqa: E402
+from convformer_fast.toolchain import cuda_build  # noqa: E402
 # The one oracle of every backend's projection: zero padding and every tap written out with
 # unfold + einsum, no convolution routine (the kernels under test call ATen's convolution
 # in places, so F.conv1d would compare ATen with itself).

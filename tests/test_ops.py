@@ -11,7 +11,7 @@ import torch
 
 import convformer_fast as cf
 from convformer_fast import ops
-from convformer_fast._toolchain import cuda_build
+from convformer_fast.toolchain import cuda_build
 from convformer_fast.ops.attention import make_qkv
 from convformer_fast.ops.attention import reference as reference_attention
 from convformer_fast.ops.feed_forward_residual import SHAPES as FEED_FORWARD_SHAPES
@@ -234,7 +234,7 @@ CUDA_BUILD, CUDA_BUILD_REASON = cuda_build(torch.version.cuda)
 @pytest.mark.skipif(not CUDA_BUILD, reason=f"the CUDA kernels are not built here: {CUDA_BUILD_REASON}")
 @pytest.mark.parametrize("op", [name for name, spec in OPS.items() if CUDA in spec.kernels])
 def test_cuda_kernels_were_compiled_and_linked(op):
-    """Where the build rule builds them (convformer_fast/_toolchain.py: cuda_build), every
+    """Where the build rule builds them (convformer_fast/toolchain.py: cuda_build), every
     CUDA kernel the registry declares is in _C: nothing CUDA runs here, this only proves the
     sources were compiled and linked and register for the CUDA dispatch key."""
     assert ops.cuda_kernels_built()

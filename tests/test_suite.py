@@ -18,7 +18,7 @@ import torch
 import conftest
 import convformer_fast as cf
 from conftest import REPORTED, SKIP_CHECK, SKIPS, build_problems, build_required, run_concurrently
-from convformer_fast._toolchain import cuda_build
+from convformer_fast.toolchain import cuda_build
 
 ROOT = Path(__file__).resolve().parent.parent
 
