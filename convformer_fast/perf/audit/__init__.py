@@ -53,12 +53,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from ...errors import UserError
+
 # convformer_fast/, three levels up from convformer_fast/perf/audit/__init__.py.
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INTERPRET_ENV_VAR = "TRITON_INTERPRET"
 
 
-class AuditError(Exception):
+class AuditError(UserError):
     """The audit cannot run as asked (bad argument, missing tool): one line for the user."""
 
 
