@@ -4,6 +4,9 @@ a temporary file in the destination's folder, flushed to disk, then renamed over
 destination. A run that fails or is killed at any moment leaves either the old file or the
 complete new one, never a truncated file, and an old good file is never clobbered by a
 failed write. (``os.replace`` is atomic within one file system, hence the same folder.)
+Ctrl-C during a write takes effect when the write is done. A process killed outright
+(SIGKILL, power loss) may leave its hidden temporary file (``.<name>.tmp-<pid>-<hex>``)
+behind; nothing reads it.
 
 Not covered: TensorBoard event files, which the ``tensorboard`` package appends to as a
 stream (a half-written last record is skipped by its reader).
@@ -15,11 +18,13 @@ import contextlib
 import json
 import os
 import secrets
+import signal
+import threading
 from typing import IO, Any, Callable, Iterator
 
 from .errors import OutputError
 
-__all__ = ["atomic_write", "atomic_open", "write_text", "write_json", "temporary_name"]
+__all__ = ["atomic_write", "atomic_open", "make_folder", "write_text", "write_json", "temporary_name"]
 
 
 def temporary_name(path: str) -> str:
@@ -31,17 +36,41 @@ def temporary_name(path: str) -> str:
 
 
 @contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt: a write is
+    finished rather than abandoned half-way (some writers, torch.save among them, fail with
+    their own error when interrupted inside). Only in the main thread, and only where
+    Python's default handler is installed."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def _replacing(path) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on a clean exit, sync it and rename it over
-    ``path``; on any exception (KeyboardInterrupt too) remove it."""
+    ``path``; on any exception remove it. Ctrl-C waits for the end of the write."""
+    with _interrupts_deferred():
+        with _replacing_now(path) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _replacing_now(path) -> Iterator[str]:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise OutputError(f"{path}: is a directory, expected a file path to write")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot create its folder {folder} ({exc.strerror or exc})") from exc
+    make_folder(folder, f"{path}: cannot create its folder")
     tmp = temporary_name(path)
     try:
         try:
@@ -55,6 +84,16 @@ def _replacing(path) -> Iterator[str]:
         if os.path.lexists(tmp):
             os.unlink(tmp)
     _sync_folder(folder)
+
+
+def make_folder(folder, what: str = "") -> str:
+    """``os.makedirs(folder, exist_ok=True)``; an OutputError naming it when that fails."""
+    folder = os.fspath(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{what or 'cannot create the folder'} {folder} ({exc.strerror or exc})") from exc
+    return folder
 
 
 def atomic_write(path, write: Callable[[str], Any]) -> str:

@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (argparse exits with 2 itself on a bad
     command line). The one place where errors become exit codes: see the module docstring."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's parser, so that the line names the command
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = argv  # for commands that rerun themselves in a clean process
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
     name = f"convformer-fast {args.command}"

@@ -314,14 +314,6 @@ def cmd_kernels(args) -> int:
 
     from . import audit
 
-    if os.environ.get(audit.INTERPRET_ENV_VAR, "0") not in ("", "0"):
-        # Triton builds its own library as interpreted functions when it is imported under
-        # TRITON_INTERPRET=1; the audit needs compiled ones, so run in a clean process.
-        env = {k: v for k, v in os.environ.items() if k != audit.INTERPRET_ENV_VAR}
-        print(f"convformer-fast kernels: {audit.INTERPRET_ENV_VAR} is set; rerunning without it",
-              file=sys.stderr)
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "convformer_fast.cli", *args.argv], env)
     presets = (parse_presets(args.preset, "h36m-243") if args.preset
                else QUICK["presets"] if args.quick else list(audit.PAPER_PRESETS))
     batches = _ints(args.batch, "--batch") or (QUICK["batches"] if args.quick else [1, 64])
@@ -342,6 +334,15 @@ def cmd_kernels(args) -> int:
         raise UsageError(f"--source-root {args.source_root!r} has no setup.py")
     if args.only not in (None, "triton", "cuda"):
         raise UsageError(f"--only: got {args.only!r}, expected triton or cuda")
+    # (arguments checked first: a bad one fails here, not after a restart)
+    if os.environ.get(audit.INTERPRET_ENV_VAR, "0") not in ("", "0"):
+        # Triton builds its own library as interpreted functions when it is imported under
+        # TRITON_INTERPRET=1; the audit needs compiled ones, so run in a clean process.
+        env = {k: v for k, v in os.environ.items() if k != audit.INTERPRET_ENV_VAR}
+        print(f"convformer-fast kernels: {audit.INTERPRET_ENV_VAR} is set; rerunning without it",
+              file=sys.stderr)
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "convformer_fast.cli", *args.argv], env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     settings = audit.AuditSettings(
         presets=presets, batches=batches, layouts=layouts, dtypes=dtypes, archs=archs,

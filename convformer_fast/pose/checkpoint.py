@@ -38,7 +38,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from ..atomic import atomic_write
+from ..atomic import atomic_open
 from ..errors import UserError
 from ..fast import ConvFormerFast
 from ..reference import ConvFormer
@@ -123,7 +123,9 @@ def save_checkpoint(path, model: nn.Module, optimizer: Optional[torch.optim.Opti
         state["scheduler"] = scheduler.state_dict()
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    with atomic_open(path) as handle:  # a file object: torch.save names its records "archive/..."
+        torch.save(state, handle)
+    return os.fspath(path)
 
 
 def _check_container(path: str) -> None:

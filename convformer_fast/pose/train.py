@@ -50,7 +50,7 @@ from ..fast import ConvFormerFast
 from ..presets import PRESETS, preset_config
 from .checkpoint import (CheckpointError, config_differences, config_problem, load_checkpoint,
                          load_model_weights, model_config, save_checkpoint)
-from ..atomic import write_text
+from ..atomic import make_folder, write_text
 from ..cli.args import (COUNT, NON_NEGATIVE, ODD_POSITIVE_INT, POSITIVE, POSITIVE_INT, PROBABILITY, SEED,
                         Range, UsageError, add_runtime_arguments, check_backend, resolve_device,
                         set_threads)
@@ -385,7 +385,7 @@ def run(args) -> int:
     nothing_to_train = start_epoch >= args.epochs
     if info.is_main:
         if not nothing_to_train:
-            os.makedirs(out_dir, exist_ok=True)
+            make_folder(out_dir, "--out: cannot create the run folder")
             writer = _tensorboard(out_dir, not args.no_tensorboard)
         params = sum(p.numel() for p in model.parameters())
         print(f"train: {len(train_seqs)} sequences, {len(train_set)} windows (T={config['num_frames']}, "
@@ -450,9 +450,10 @@ def run(args) -> int:
                 writer.add_scalar("lr", lr, epoch + 1)
             state = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                          epoch=epoch + 1, metrics=epoch_metrics, args=_plain(vars(args)))
-            save_checkpoint(os.path.join(out_dir, "last.pt"), **state)
             if improved:
                 save_checkpoint(os.path.join(out_dir, "best.pt"), **state)
+            # last: once last.pt holds an epoch, so do the log and best.pt
+            save_checkpoint(os.path.join(out_dir, "last.pt"), **state)
             mpjve = result["mpjve"]["Average"] if result and result["mpjve"] else None
             print(f"epoch {epoch + 1}/{args.epochs}  lr {lr:.3g}  train MPJPE {train_mm:.1f} mm  "
                   f"test MPJPE {_fmt(test_mm)}  P-MPJPE {_fmt(result['p_mpjpe']['Average'] if result else None)}  "

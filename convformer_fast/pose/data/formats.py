@@ -367,6 +367,9 @@ def check_metadata(path, metadata) -> dict:
     for k in ("layout_name", "num_joints", "keypoints_symmetry"):
         if k not in metadata:
             raise DatasetFormatError(path, f"metadata[{k!r}]", "key missing", expected)
+    if not isinstance(metadata["layout_name"], str):
+        raise DatasetFormatError(path, "metadata['layout_name']", f"got {_short(metadata['layout_name'])}",
+                                 "the name of the joint layout (a str such as 'h36m' or 'coco')")
     num = metadata["num_joints"]
     if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num <= 0:
         raise DatasetFormatError(path, "metadata['num_joints']", f"got {num!r}",
@@ -385,6 +388,12 @@ def check_metadata(path, metadata) -> dict:
         raise DatasetFormatError(path, "metadata['keypoints_symmetry']",
                                  f"got indices outside 0..{int(num) - 1}", "valid joint indices")
     return dict(metadata, keypoints_symmetry=[left, right], num_joints=int(num))
+
+
+def _short(value) -> str:
+    """A value for an error message: its type, and its repr when that is short."""
+    text = repr(value)
+    return f"{type(value).__name__} {text}" if len(text) <= 60 else f"a {type(value).__name__}"
 
 
 def _index(value) -> int:
