@@ -176,7 +176,7 @@ def test_train_run_time_user_errors(files, capsys, tmp_path):
     assert_user_error(["train", *data, *TINY, "--synthetic", "--keypoints", "cpn"], capsys,
                       "--keypoints: got 'cpn' with --synthetic, expected 'gt'")
     assert_user_error(["train", *data, *TINY, "--actions", "Boxing"], capsys,
-                      "--actions Boxing: no training sequence")
+                      "data_3d_h36m.npz, key 'positions_3d': no action selected by actions=['Boxing']")
     assert_user_error(["train", *data, *TINY[:-6], "--backend", "nope"], capsys, "unknown backend 'nope'")
     assert_user_error(["train", *data, *TINY, "--device", "tpu"], capsys, "--device: got 'tpu'")
     if not torch.cuda.is_available():

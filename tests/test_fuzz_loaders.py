@@ -28,7 +28,7 @@ zip bombs (declared huge; declared small but inflating to 50 MB), headers declar
 10^12 elements, zero-stride tensors declaring 10^12 elements, a million-block model,
 compressed checkpoint records; each checked for the clear error and a small peak memory.
 
-Budgets: ``CONVFORMER_FAST_FUZZ_EXAMPLES`` examples per target (default 150: ~1 min of
+Budgets: ``CONVFORMER_FAST_FUZZ_EXAMPLES`` examples per target (default 300: ~1 min of
 the CI run on 2 cores); set it to 10000 for the long mode. The seed of the draws is
 pinned in CI (the same files every run) and random in the long mode
 (``CONVFORMER_FAST_FUZZ_SEED`` pins one). Each example runs under a 20 s watchdog.
@@ -75,7 +75,7 @@ from convformer_fast.fast import ConvFormerFast
 
 TESTS_DIR = Path(__file__).resolve().parent
 REGRESSIONS = TESTS_DIR / "fuzz_regressions"
-EXAMPLES = int(os.environ.get("CONVFORMER_FAST_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("CONVFORMER_FAST_FUZZ_EXAMPLES", "300"))
 SAVE_FAILURES = os.environ.get("CONVFORMER_FAST_FUZZ_SAVE")
 LONG = EXAMPLES > 1000 or "CONVFORMER_FAST_FUZZ_SEED" in os.environ
 FUZZ_SEED = int(os.environ.get("CONVFORMER_FAST_FUZZ_SEED", "20261201"))
@@ -288,9 +288,11 @@ def check_outcome(target: Target, path: Path, folder: Path) -> str:
             result = target.load(path, folder)
         except UserError as error:
             assert path.name in str(error), f"the error does not name the file: {error}"
-            return "error"
+            result = error
         peak = tracemalloc.get_traced_memory()[1] if target.trace_memory else 0
         assert peak < PEAK_BYTES, f"peak memory {peak / 2**20:.0f} MiB"
+        if isinstance(result, UserError):
+            return "error"
         target.check(result)
         return "ok"
     except BaseException:

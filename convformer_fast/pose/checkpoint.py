@@ -220,6 +220,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(state["config"], dict):
         raise CheckpointError(f"{path}: key 'config' holds a {type(state['config']).__name__}, "
                               "expected the model's constructor dict")
+    for key, value in state["config"].items():
+        if not _plain_value(value):
+            raise CheckpointError(f"{path}: config field {key!r} holds a {type(value).__name__}, expected "
+                                  "a number, a string or a list of numbers")
     if not isinstance(state["model"], dict):
         raise CheckpointError(f"{path}: key 'model' holds a {type(state['model']).__name__}, "
                               "expected a state_dict")
@@ -244,6 +248,15 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path}: the stored config does not describe the stored weights: "
                               + "; ".join(problems))
     return state
+
+
+def _plain_value(value) -> bool:
+    """A config value as save_checkpoint writes them: None, a bool, number or string, or a
+    list of numbers."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(v, (bool, int, float)) for v in value)
 
 
 def _checked_weights(path: str, weights: dict) -> dict:

@@ -169,8 +169,6 @@ def run(args) -> int:
         subjects = args.subjects or "test"
         sequences, metadata = h36m_sequences(args.data_dir, args.keypoints, subjects, actions=args.actions)
         title = f"Human3.6M {args.data_dir} ({args.keypoints} 2D), subjects {subjects}"
-    if not sequences:
-        raise UsageError(f"--actions {' '.join(args.actions or [])}: no test sequence has these actions")
     if model.num_joints != sequences[0].inputs_2d.shape[1]:
         raise UsageError(f"--checkpoint: model has num_joints={model.num_joints}, the data has "
                          f"{sequences[0].inputs_2d.shape[1]} joints")

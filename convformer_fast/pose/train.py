@@ -344,9 +344,6 @@ def run(args) -> int:
             dist.barrier()
     train_seqs, metadata = h36m_sequences(args.data_dir, args.keypoints, args.train_subjects or "train",
                                           args.actions)
-    if not train_seqs:
-        raise UsageError(f"--actions {' '.join(args.actions or [])}: no training sequence has these "
-                         "actions")
     kps_left, kps_right = metadata["keypoints_symmetry"]
     train_set = PoseWindowDataset(train_seqs, config["num_frames"], stride=args.stride,
                                   flip_augment=not args.no_flip, kps_left=kps_left, kps_right=kps_right,

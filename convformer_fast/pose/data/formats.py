@@ -16,7 +16,9 @@ declares and inflates whatever a zip member holds. Here instead
 * the pickled dicts of the VideoPose3D formats are read by :class:`_ArrayUnpickler`,
   which builds dicts, lists, tuples, strings, numbers and numpy arrays/scalars and
   refuses every other global (no code runs; a crafted array header inside the pickle is
-  checked by numpy against its data). A ``.npy`` of keypoints is never unpickled at all.
+  checked by numpy against its data), after :mod:`pickletools` has parsed the whole
+  stream (a length prefix longer than the data fails there instead of being allocated).
+  A ``.npy`` of keypoints is never unpickled at all.
 
 Any failure to read becomes a DatasetFormatError naming the file.
 """
@@ -26,6 +28,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
+import warnings
 import zipfile
 from typing import Any, Iterable, Optional, Sequence
 
@@ -149,7 +153,16 @@ def _array_from_npy_bytes(buffer, path, key: Optional[str], description: str,
             raise DatasetFormatError(path, key, "holds pickled Python objects (dtype object), which "
                                      "are not loaded", description)
         try:
-            array = _ArrayUnpickler(io.BytesIO(data)).load()
+            stream = io.BytesIO(data)
+            # Parse first: the C unpickler allocates whatever size a length prefix declares
+            # before it reads, so a damaged prefix would allocate gigabytes; pickletools reads
+            # only the bytes that are there and fails on a prefix longer than the stream.
+            for _ in pickletools.genops(stream):
+                pass
+            stream.seek(0)
+            with warnings.catch_warnings():  # numpy's deprecation notes on odd dtype arguments
+                warnings.simplefilter("ignore")
+                array = _ArrayUnpickler(stream).load()
         except MemoryError:
             raise DatasetFormatError(path, key, "its pickle does not fit in memory", description) from None
         except Exception as exc:  # a damaged or foreign pickle
@@ -213,16 +226,14 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path, key: str
                                  f"the {MAX_ARRAY_BYTES} read (a zip bomb? CONVFORMER_FAST_MAX_ARRAY_BYTES "
                                  "raises the limit)", description)
     try:
-        buffer = bytearray(info.file_size)
-        with archive.open(info) as member:  # zipfile checks the CRC32 when it reaches the end
-            view, filled = memoryview(buffer), 0
-            while filled < len(buffer):
-                got = member.readinto(view[filled:])
-                if not got:
-                    break
-                filled += got
-            if filled < len(buffer) or member.read(1):
-                raise ValueError(f"{filled} bytes, the zip directory says {info.file_size}")
+        # Grown as the data arrives (not allocated at the declared size, which may lie); zipfile
+        # never inflates past the declared size and checks the CRC32 when it reaches the end.
+        buffer = bytearray()
+        with archive.open(info) as member:
+            while chunk := member.read(1 << 20):
+                buffer += chunk
+        if len(buffer) != info.file_size:
+            raise ValueError(f"{len(buffer)} bytes, the zip directory says {info.file_size}")
     except MemoryError:
         raise DatasetFormatError(path, key, f"{info.file_size} bytes do not fit in memory", description) from None
     except Exception as exc:  # BadZipFile (CRC), zlib.error, EOFError, encryption, ...
