@@ -104,3 +104,21 @@ def test_resume_after_a_kill_matches_the_uninterrupted_run(sig, data_dir, uninte
     assert resumed["scheduler"] == expected["scheduler"]
     assert _log(out) == _log(uninterrupted)
     assert load_checkpoint(out / "best.pt")["epoch"] == load_checkpoint(uninterrupted / "best.pt")["epoch"]
+
+
+def test_ctrl_c_during_a_write_finishes_the_write_first(tmp_path):
+    """SIGINT arriving inside a write (here: between its two halves) is held until the file
+    is complete and in place, then raised as KeyboardInterrupt."""
+    from convformer_fast.atomic import atomic_open
+
+    path = tmp_path / "log.csv"
+    path.write_text("old\n")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(path, "w") as handle:
+            handle.write("first half\n")
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the signal is delivered here, and held
+            handle.write("second half\n")
+    assert path.read_text() == "first half\nsecond half\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -15,7 +15,7 @@ expected); :func:`write_custom_2d` writes one, e.g. for tests and demos.
 
 from __future__ import annotations
 
-import numbers
+import math
 import os
 from typing import Mapping
 
@@ -83,8 +83,9 @@ def load_custom_2d(path) -> tuple[dict[str, dict], dict]:
 
 def _is_size(value) -> bool:
     """A positive, finite image size in pixels (an int or a float; not a bool)."""
-    return (isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
-            and np.isfinite(value) and 0 < value < 2**31)
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_, np.timedelta64))
+            and math.isfinite(float(value)) and 0 < value < 2**31)
 
 
 def write_custom_2d(path, videos: Mapping[str, tuple], layout_name: str = "coco") -> str:
