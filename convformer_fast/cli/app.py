@@ -123,17 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (argparse exits with 2 itself on a bad
     command line). The one place where errors become exit codes: see the module docstring."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:  # reported by the command's parser, so that the line names the command
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.argv = argv  # for commands that rerun themselves in a clean process
+    try:
+        args = _parse(argv)
+    except SystemExit:  # --help, or a bad command line: flush here, where a closed pipe is caught
+        _flush_stdout()
+        raise
     debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
     name = f"convformer-fast {args.command}"
     try:
         code = args.func(args)
-        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        _flush_stdout()
         return code
     except UserError as error:
         if debug:
@@ -147,8 +146,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `convformer-fast info | head -3`
-        _discard_stdout()
-        return EXIT_BROKEN_PIPE
+        return _stdout_closed()
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's parser, so that the line names the command
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.argv = argv  # for commands that rerun themselves in a clean process
+    return args
+
+
+def _flush_stdout() -> None:
+    """Flush now: a closed pipe shows here (and exits quietly), not at interpreter exit."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        sys.exit(_stdout_closed())
+
+
+def _stdout_closed() -> int:
+    _discard_stdout()
+    return EXIT_BROKEN_PIPE
 
 
 def _discard_stdout() -> None:
