@@ -24,7 +24,7 @@ from typing import IO, Any, Callable, Iterator
 
 from .errors import OutputError
 
-__all__ = ["atomic_write", "atomic_open", "make_folder", "write_text", "write_json", "temporary_name"]
+__all__ = ["atomic_write", "atomic_open", "check_writable", "make_folder", "write_text", "write_json", "temporary_name"]
 
 
 def temporary_name(path: str) -> str:
@@ -84,6 +84,21 @@ def _replacing_now(path) -> Iterator[str]:
         if os.path.lexists(tmp):
             os.unlink(tmp)
     _sync_folder(folder)
+
+
+def check_writable(path, option: str) -> None:
+    """Fail before the work rather than after it: ``path`` must not be a folder, and its
+    folder (or, when that does not exist yet, the nearest one above it) must be writable."""
+    if path is None:
+        return
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise OutputError(f"{option} {path}: is a directory, expected a file path to write")
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: cannot be written ({folder} is not a writable folder)")
 
 
 def make_folder(folder, what: str = "") -> str:

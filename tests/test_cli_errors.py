@@ -156,12 +156,18 @@ def test_every_numeric_option_is_range_checked():
 # Errors found while running: files, devices, backends, outputs
 # ---------------------------------------------------------------------------------------
 
-def test_bench_flops_and_kernels_bad_values(capsys):
+def test_bench_flops_and_kernels_bad_values(capsys, tmp_path):
     assert_user_error(["bench", "--plot", "chart.xyz"], capsys, "--plot: got 'chart.xyz'", ".png")
     assert_user_error(["bench", "--device", "tpu"], capsys, "device 'tpu' is not available here")
     assert_user_error(["flops", "--backend", "nope"], capsys, "unknown backend 'nope'")
     assert_user_error(["kernels", "--only", "foo"], capsys, "--only: got 'foo'")
     assert_user_error(["kernels", "--batch", "0"], capsys, "--batch must be >= 1")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    # an output that cannot be written fails before the work, not after it
+    assert_user_error(["bench", "--json", str(blocker / "r.json")], capsys, "--json", "not a writable folder")
+    assert_user_error(["flops", "--json", str(tmp_path)], capsys, "--json", "is a directory")
+    assert_user_error(["kernels", "--markdown", str(blocker / "k.md")], capsys, "--markdown")
 
 
 def test_train_run_time_user_errors(files, capsys, tmp_path):
@@ -223,7 +229,7 @@ def test_eval_and_infer_bad_files(files, capsys, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert_user_error(infer_args(files, **{"--out": str(blocker / "poses.npy")}), capsys,
-                      "poses.npy: cannot create its folder")
+                      "--out", "poses.npy: cannot be written", "a-file is not a writable folder")
 
 
 def test_a_failed_write_keeps_the_old_file(files, capsys, tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ import warnings
 import torch
 
 from ..backends import AUTO, available_backends
-from ..atomic import write_json, write_text
+from ..atomic import check_writable, write_json, write_text
 from ..cli.args import (
     DTYPES,
     POSITIVE,
@@ -72,6 +72,8 @@ def cmd_bench(args) -> int:
         if args.plot.rsplit(".", 1)[-1].lower() not in formats:
             raise UsageError(f"--plot: got {args.plot!r}, expected a file name ending in one of "
                              f"{', '.join('.' + f for f in formats)}")
+    check_writable(args.json, "--json")
+    check_writable(args.plot, "--plot")
     set_threads(args.threads)
     settings = BenchSettings(
         presets=presets, batch=args.batch, backends=backends, dtype=dtype, device=device,
@@ -165,6 +167,7 @@ def cmd_flops(args) -> int:
     for gpu in gpus:
         if gpu not in R.GPU_SPECS:
             raise UsageError(f"unknown GPU {gpu!r}; available: {', '.join(R.GPU_SPECS)}")
+    check_writable(args.json, "--json")
     out: dict = dict(convention="paper: one multiply-add = 2 FLOPs; elementwise ops and "
                                 "normalisation not counted", backend=backend, presets={})
     incomplete = False
@@ -334,6 +337,8 @@ def cmd_kernels(args) -> int:
         raise UsageError(f"--source-root {args.source_root!r} has no setup.py")
     if args.only not in (None, "triton", "cuda"):
         raise UsageError(f"--only: got {args.only!r}, expected triton or cuda")
+    check_writable(args.json, "--json")
+    check_writable(args.markdown, "--markdown")
     # (arguments checked first: a bad one fails here, not after a restart)
     if os.environ.get(audit.INTERPRET_ENV_VAR, "0") not in ("", "0"):
         # Triton builds its own library as interpreted functions when it is imported under

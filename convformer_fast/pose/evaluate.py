@@ -26,7 +26,7 @@ from . import metrics
 from .data.skeleton import H36M_17
 from .data.windows import PoseSequence
 from .lifting import lift_sequence
-from ..atomic import write_json
+from ..atomic import check_writable, write_json
 from ..cli.args import POSITIVE_INT, UsageError, add_runtime_arguments, check_backend, resolve_device, set_threads
 
 __all__ = ["PROTOCOLS", "evaluate_sequences", "format_table", "add_arguments", "run"]
@@ -160,6 +160,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     if args.backend != "auto":
         check_backend(args.backend, device.type)
+    check_writable(args.json, "--json")
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, backend=args.backend, device=device)
     if args.deepmimic:

@@ -32,7 +32,7 @@ import numpy as np
 from .data.formats import read_npy
 from .data.skeleton import H36M_17
 from .keypoints import prepare_keypoints
-from ..atomic import atomic_open
+from ..atomic import atomic_open, check_writable
 from ..cli.args import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, UsageError, add_runtime_arguments,
                         check_backend, resolve_device, set_threads)
 from ..errors import InputError
@@ -109,6 +109,8 @@ def run(args) -> int:
     if args.render:
         from .render import check_writer
         check_writer(args.render)
+    check_writable(args.out, "--out")
+    check_writable(args.render, "--render")
     device = resolve_device(args.device)
     if args.backend != "auto":
         check_backend(args.backend, device.type)

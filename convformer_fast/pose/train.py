@@ -50,7 +50,7 @@ from ..fast import ConvFormerFast
 from ..presets import PRESETS, preset_config
 from .checkpoint import (CheckpointError, config_differences, config_problem, load_checkpoint,
                          load_model_weights, model_config, save_checkpoint)
-from ..atomic import make_folder, write_text
+from ..atomic import check_writable, make_folder, write_text
 from ..cli.args import (COUNT, NON_NEGATIVE, ODD_POSITIVE_INT, POSITIVE, POSITIVE_INT, PROBABILITY, SEED,
                         Range, UsageError, add_runtime_arguments, check_backend, resolve_device,
                         set_threads)
@@ -333,6 +333,7 @@ def run(args) -> int:
         raise UsageError(f"model options: {problem}")
     out_dir = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
                            else os.path.join("runs", args.preset or DEFAULT_PRESET))
+    check_writable(os.path.join(out_dir, "last.pt"), "--out")
 
     # -- data (rank 0 writes synthetic files; everyone waits)
     if args.synthetic:
