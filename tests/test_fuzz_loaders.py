@@ -25,13 +25,15 @@ Inputs, drawn by hypothesis from a small valid seed file per target:
 
 Hand-made hostile files (:func:`test_hostile_files`): pickles that would run code,
 zip bombs (declared huge; declared small but inflating to 50 MB), headers declaring
-10^12 elements, zero-stride tensors declaring 10^12 elements, a million-block model,
+10^12 elements, a pickle memo index of 2^31 (16 GB in the C unpickler), zero-stride tensors declaring 10^12 elements, a million-block model,
 compressed checkpoint records; each checked for the clear error and a small peak memory.
 
 Budgets: ``CONVFORMER_FAST_FUZZ_EXAMPLES`` examples per target (default 300: ~1 min of
 the CI run on 2 cores); set it to 10000 for the long mode. The seed of the draws is
 pinned in CI (the same files every run) and random in the long mode
-(``CONVFORMER_FAST_FUZZ_SEED`` pins one). Each example runs under a 20 s watchdog.
+(``CONVFORMER_FAST_FUZZ_SEED`` pins one). Each example runs under a 20 s watchdog and an
+address-space limit of 2 GiB more than the process holds (a runaway allocation fails
+the test instead of waking the OOM killer); numpy/Python allocations may peak at 64 MiB.
 
 Regressions: every input that once failed is kept as a file under
 ``tests/fuzz_regressions/<target>/`` and replayed by :func:`test_kept_failures`.
@@ -42,12 +44,14 @@ with the fix. docs/cli.md lists the failures found so far.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
 import math
 import os
 import pickle
+import resource
 import signal
 import tracemalloc
 import zipfile
@@ -83,6 +87,8 @@ WATCHDOG_S = 20
 #: A load may not hold more than this in numpy / Python allocations at its peak (the seed
 #: files are a few kB; a hostile file must not make the loader allocate what it declares).
 PEAK_BYTES = 64 << 20
+#: ... and may not grow the address space by more than this (torch's allocations included).
+ADDRESS_SPACE_BYTES = 2 << 30
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,6 +282,26 @@ def _alarm(signum, frame):
     raise Hang(f"the loader ran for more than {WATCHDOG_S} s")
 
 
+@contextlib.contextmanager
+def address_space_limit(extra: int):
+    """Allow the process at most ``extra`` more bytes of address space (Linux): an
+    allocation beyond it raises MemoryError here instead of calling the OOM killer on a
+    shared machine. (The fuzzer once found a pickle that asked for 16 GB.)"""
+    try:
+        with open("/proc/self/statm") as handle:
+            size = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    limit = size + extra if hard == resource.RLIM_INFINITY else min(size + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def check_outcome(target: Target, path: Path, folder: Path) -> str:
     """Load ``path``; ``'error'`` for the loader's own error naming the file, ``'ok'`` for a
     correct load; anything else fails (and is saved with CONVFORMER_FAST_FUZZ_SAVE)."""
@@ -285,9 +311,11 @@ def check_outcome(target: Target, path: Path, folder: Path) -> str:
         tracemalloc.start()
     try:
         try:
-            result = target.load(path, folder)
+            with address_space_limit(ADDRESS_SPACE_BYTES):
+                result = target.load(path, folder)
         except UserError as error:
             assert path.name in str(error), f"the error does not name the file: {error}"
+            assert not isinstance(error.__context__, MemoryError), f"ran out of memory: {error}"
             result = error
         peak = tracemalloc.get_traced_memory()[1] if target.trace_memory else 0
         assert peak < PEAK_BYTES, f"peak memory {peak / 2**20:.0f} MiB"
@@ -652,6 +680,8 @@ def _hostile_cases():
         ("h36m_3d", lambda: _lying_zip(npy_zeros.getvalue(), 1000), "damaged zip member"),
         ("custom_2d", lambda: _zip_bytes({"positions_2d.npy": _object_npy(RunsCode()),
                                           "metadata.npy": _object_npy({})}), r"refused to load builtins\.exec"),
+        ("h36m_3d", lambda: _zip_bytes({"positions_3d.npy": _npy_header((), "|O") + b"\x80\x02Nr\xfe\xff\xff\x7f."}),
+         "memo index 2147483646"),  # LONG_BINPUT 2^31 - 2: the C unpickler's memo would take 16 GB
         ("checkpoint", lambda: pickle.dumps(RunsCode(), protocol=2), r"pickled Python objects \(exec\)"),
         ("checkpoint", lambda: _checkpoint_bytes({"model": RunsCode()}), "pickled Python objects"),
         ("checkpoint", lambda: _checkpoint_bytes(strided), r"declares shape \(1, 1000000, 1000000\)"),
@@ -661,11 +691,11 @@ def _hostile_cases():
     ]
 
 
-@pytest.mark.parametrize("index", range(15))
+@pytest.mark.parametrize("index", range(16))
 def test_hostile_files(index, workspace, tmp_path, monkeypatch):
     root, _ = workspace
     cases = _hostile_cases()
-    assert len(cases) == 15
+    assert len(cases) == 16
     name, make, message = cases[index]
     marker = tmp_path / "foreign-code-ran"
     monkeypatch.setenv(MARKER_ENV, str(marker))

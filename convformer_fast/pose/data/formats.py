@@ -17,7 +17,8 @@ declares and inflates whatever a zip member holds. Here instead
   which builds dicts, lists, tuples, strings, numbers and numpy arrays/scalars and
   refuses every other global (no code runs; a crafted array header inside the pickle is
   checked by numpy against its data), after :mod:`pickletools` has parsed the whole
-  stream (a length prefix longer than the data fails there instead of being allocated).
+  stream (a length prefix longer than the data, or a memo index far beyond the opcodes,
+  fails there instead of being allocated).
   A ``.npy`` of keypoints is never unpickled at all.
 
 Any failure to read becomes a DatasetFormatError naming the file.
@@ -129,6 +130,21 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refused a persistent id")
 
 
+_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+def _check_pickle(stream) -> None:
+    """Parse a pickle without running it, refusing what would make the C unpickler allocate
+    far more than the stream holds: it allocates the size a length prefix declares before
+    reading (pickletools reads only what is there and fails on a prefix that is too long),
+    and grows its memo table to the largest index stored into it (``LONG_BINPUT
+    2147483647`` means a 16 GB table), so an index may not exceed the opcodes seen so far."""
+    for count, (opcode, arg, _) in enumerate(pickletools.genops(stream)):
+        if opcode.name in _MEMO_PUTS and not 0 <= int(arg) <= count:
+            raise pickle.UnpicklingError(f"memo index {arg} at opcode {count} (a pickle stores at "
+                                         "most one memo entry per opcode)")
+
+
 def _array_from_npy_bytes(buffer, path, key: Optional[str], description: str,
                           allow_objects: bool) -> np.ndarray:
     """Parse one ``.npy`` image held in ``buffer`` (a bytearray: the array shares it)."""
@@ -154,11 +170,7 @@ def _array_from_npy_bytes(buffer, path, key: Optional[str], description: str,
                                      "are not loaded", description)
         try:
             stream = io.BytesIO(data)
-            # Parse first: the C unpickler allocates whatever size a length prefix declares
-            # before it reads, so a damaged prefix would allocate gigabytes; pickletools reads
-            # only the bytes that are there and fails on a prefix longer than the stream.
-            for _ in pickletools.genops(stream):
-                pass
+            _check_pickle(stream)
             stream.seek(0)
             with warnings.catch_warnings():  # numpy's deprecation notes on odd dtype arguments
                 warnings.simplefilter("ignore")
