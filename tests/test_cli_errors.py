@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from convformer_fast import ConvFormerFast
 from convformer_fast.cli import app, main
 from convformer_fast.pose.checkpoint import save_checkpoint
 from convformer_fast.pose.data import write_synthetic_h36m
@@ -61,7 +62,7 @@ def files(tmp_path_factory):
     """A tiny checkpoint, keypoints and a synthetic Human3.6M folder."""
     root = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
-    model = __import__("convformer_fast").ConvFormerFast(
+    model = ConvFormerFast(
         num_frames=9, num_joints=17, embed_dim=8, spatial_depth=1, temporal_depth=1, kernel_sizes=(3,),
         num_heads=4, backend="torch")
     checkpoint = save_checkpoint(root / "model.pt", model)

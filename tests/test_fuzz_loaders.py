@@ -380,10 +380,6 @@ def odd_arrays(draw, like=None):
             return np.zeros(shape, dtype=dtype)
 
 
-class Unpicklable:
-    """An object whose pickle calls a global the readers must refuse."""
-
-
 def odd_values(like=None):
     plain = st.sampled_from([None, True, 0, -5, 10**20, 1.5, NAN, INF, "text", "", b"bytes", [], {}, (),
                              [1, 2], [[1, 2], [3]], {"x": None}, {1: 2}, (1, "a"), np.float64(NAN),
