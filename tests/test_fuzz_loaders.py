@@ -390,7 +390,8 @@ def odd_values(like=None):
 def odd_tensors(like=None):
     @st.composite
     def tensors(draw):
-        array = draw(odd_arrays(like if isinstance(like, torch.Tensor) else None))
+        shape_of = np.zeros(tuple(like.shape)) if isinstance(like, torch.Tensor) else None  # any dtype
+        array = draw(odd_arrays(shape_of))
         if array.dtype.kind not in "biufc" or array.dtype.byteorder == ">" or array.dtype.itemsize > 8:
             array = np.zeros(array.shape, np.float32)
         tensor = torch.from_numpy(np.ascontiguousarray(array))

@@ -60,6 +60,11 @@ def coco_to_h36m(keypoints: np.ndarray) -> np.ndarray:
     kp = np.asarray(keypoints, dtype=np.float64)
     if kp.ndim < 2 or kp.shape[-2] != 17:
         raise InputError(f"keypoints: got shape {kp.shape}, expected (..., 17, C) COCO-17 keypoints")
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, a missed keypoint
+        return _coco_to_h36m(kp)
+
+
+def _coco_to_h36m(kp: np.ndarray) -> np.ndarray:
     out = np.empty_like(kp)
     for h36m, coco in _DIRECT.items():
         out[..., h36m, :] = kp[..., _C[coco], :]
@@ -129,7 +134,8 @@ def prepare_keypoints(keypoints, layout: str = "coco", width: Optional[float] = 
     kp = np.asarray(keypoints)
     if kp.dtype.kind not in "fiu":
         raise InputError(f"keypoints: got dtype {kp.dtype}, expected real numbers (float or int)")
-    kp = kp.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        kp = kp.astype(np.float64)
     if kp.ndim == 2 and kp.shape[-1] in (2, 3):
         kp = kp[None]  # a single frame
     if kp.ndim != 3 or kp.shape[1] != 17 or kp.shape[2] not in (2, 3):

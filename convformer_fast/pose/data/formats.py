@@ -151,13 +151,15 @@ def _array_from_npy_bytes(buffer, path, key: Optional[str], description: str,
     view = memoryview(buffer)
     head = io.BytesIO(bytes(view[:min(len(view), 65536 + 16)]))
     try:
-        version = np.lib.format.read_magic(head)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(head)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(head)
-        else:
-            raise ValueError(f".npy format version {version} is not read here (1.0 and 2.0 are)")
+        with warnings.catch_warnings():  # numpy's notes on Python 2 headers, odd escapes
+            warnings.simplefilter("ignore")
+            version = np.lib.format.read_magic(head)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(head)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(head)
+            else:
+                raise ValueError(f".npy format version {version} is not read here (1.0 and 2.0 are)")
     except Exception as exc:
         raise DatasetFormatError(path, key, f"not a NumPy array: {_reason(exc)}", description) from None
     if any(not isinstance(n, int) or n < 0 for n in shape):
@@ -170,10 +172,10 @@ def _array_from_npy_bytes(buffer, path, key: Optional[str], description: str,
                                      "are not loaded", description)
         try:
             stream = io.BytesIO(data)
-            _check_pickle(stream)
-            stream.seek(0)
-            with warnings.catch_warnings():  # numpy's deprecation notes on odd dtype arguments
+            with warnings.catch_warnings():  # deprecation notes on odd escapes and dtype arguments
                 warnings.simplefilter("ignore")
+                _check_pickle(stream)
+                stream.seek(0)
                 array = _ArrayUnpickler(stream).load()
         except MemoryError:
             raise DatasetFormatError(path, key, "its pickle does not fit in memory", description) from None
@@ -421,7 +423,7 @@ def _short(value) -> str:
 
 def _index(value) -> int:
     """An integer joint index (an int or an integral float such as 3.0; not a bool)."""
-    if isinstance(value, (bool, np.bool_)) or float(value) != int(value):
+    if isinstance(value, (bool, np.bool_, complex, np.complexfloating)) or float(value) != int(value):
         raise ValueError(f"{value!r} is not an integer index")
     return int(value)
 

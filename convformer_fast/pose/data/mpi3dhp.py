@@ -42,12 +42,19 @@ MPI3DHP_IMAGE_SIZES: dict[str, tuple[int, int]] = {
 _DESC = "an MPI-INF-3DHP test file (data_test_3dhp.npz)"
 
 
+def _first_integer(value) -> int:
+    """The first element of a number or array of real numbers, as an int."""
+    array = np.asarray(value).reshape(-1)
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"dtype {array.dtype}")
+    return int(array[0])
+
+
 def _image_size(path, key: str, entry: dict, seq: str) -> tuple[int, int]:
     for wk, hk in (("width", "height"), ("res_w", "res_h")):
         if wk in entry or hk in entry:
             try:
-                w = int(np.asarray(entry[wk]).reshape(-1)[0])
-                h = int(np.asarray(entry[hk]).reshape(-1)[0])
+                w, h = (_first_integer(entry[k]) for k in (wk, hk))
             except (KeyError, TypeError, ValueError, IndexError, OverflowError):
                 raise DatasetFormatError(path, f"{key}[{wk!r}]/[{hk!r}]", "incomplete or non-numeric",
                                          "both image width and height in pixels") from None
