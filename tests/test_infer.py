@@ -3,6 +3,8 @@ missed detections, bad input, the custom npz layout, the CLI and --render."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -183,22 +185,28 @@ def test_infer_cli_writes_poses_and_renders_a_gif(video, capsys):
         assert image.n_frames == 4 and image.size[0] > image.size[1]  # --render-frames 4, side by side
 
 
-def test_infer_cli_npy_input_and_errors(video):
+def test_infer_cli_npy_input_and_errors(video, capsys):
     root, custom, checkpoint = video
     out = root / "single.npy"
-    with pytest.raises(ValueError, match="--width/--height"):
-        main(["infer", "--keypoints", str(root / "walk.npy"), "--checkpoint", str(checkpoint), "--out", str(out)])
+
+    def fails_with(argv, message):  # a user error: exit code 2 and one line naming the problem
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("convformer-fast infer: error: "), err
+        assert re.search(message, err), err
+
+    fails_with(["infer", "--keypoints", str(root / "walk.npy"), "--checkpoint", str(checkpoint), "--out", str(out)],
+               "--width/--height")
     assert main(["infer", "--keypoints", str(root / "walk.npy"), "--checkpoint", str(checkpoint), "--out",
                  str(out), "--width", "1000", "--height", "1002", "--no-flip-tta", "--backend", "torch"]) == 0
     assert np.load(out).shape == (30, 17, 3)
-    with pytest.raises(ValueError, match="need an .npz output"):
-        main(["infer", "--keypoints", str(custom), "--checkpoint", str(checkpoint), "--out", str(out)])
+    fails_with(["infer", "--keypoints", str(custom), "--checkpoint", str(checkpoint), "--out", str(out)],
+               "need an .npz output")
     bad = root / "bad.npy"
     np.save(bad, np.zeros((10, 15, 2)))
-    with pytest.raises(ValueError, match=r"got shape \(10, 15, 2\), expected \(frames, 17, 2\)"):
-        main(["infer", "--keypoints", str(bad), "--checkpoint", str(checkpoint), "--out", str(out),
-              "--normalized"])
+    fails_with(["infer", "--keypoints", str(bad), "--checkpoint", str(checkpoint), "--out", str(out),
+                "--normalized"], r"got shape \(10, 15, 2\), expected \(frames, 17, 2\)")
     humaneva = save_checkpoint(root / "he.pt", _model(num_joints=15))
-    with pytest.raises(ValueError, match="num_joints=15"):
-        main(["infer", "--keypoints", str(root / "walk.npy"), "--checkpoint", str(humaneva), "--out", str(out),
-              "--normalized"])
+    fails_with(["infer", "--keypoints", str(root / "walk.npy"), "--checkpoint", str(humaneva), "--out", str(out),
+                "--normalized"], "num_joints=15")

@@ -7,30 +7,44 @@
     convformer-fast kernels              compile every Triton/CUDA kernel for sm_80/sm_90 (no
                                          GPU): registers, spills, occupancy, tensor cores
     convformer-fast train / eval / infer pose training, the paper's tables, video inference
+
+Errors (docs/cli.md): a user error (bad argument, missing or damaged file, unwritable
+output, unavailable backend or device) prints one line
+``convformer-fast <command>: error: <what was given, what was expected>`` and exits 2;
+``--debug`` (or CONVFORMER_FAST_DEBUG=1) adds the traceback. Any other exception is a bug:
+its traceback is shown and the exit code is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import sys
+import traceback
 
 import torch
 
 from .. import __version__, ops
 from ..backends import available_backends
+from ..errors import UserError
 from ..fast import ConvFormerFast
 from ..perf import commands as perf_commands
 from ..perf.machine import cpu_model
 from ..pose.commands import add_pose_commands
 from ..presets import PRESETS
 from ..reference import ConvFormer
+from .args import POSITIVE_INT
+
+#: Set to 1 for the traceback of user errors too (as ``--debug`` does).
+DEBUG_ENV_VAR = "CONVFORMER_FAST_DEBUG"
+#: Exit codes: success, a bug (Python's own code for an uncaught exception), a user error,
+#: interrupted (128 + SIGINT), stdout closed early (128 + SIGPIPE, as `yes | head` reports it).
+EXIT_OK, EXIT_BUG, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 
 
 def cmd_info(args) -> int:
-    import os
-
     print(f"convformer_fast {__version__}")
     print(f"python          {platform.python_version()}")
     print(f"torch           {torch.__version__} (CUDA build: {torch.version.cuda or 'no'}, "
@@ -80,17 +94,29 @@ def cmd_check(args) -> int:
     return 0 if worst < 1e-3 else 1
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are the one line of every other user error (no usage
+    block; ``--help`` still prints it). Subcommand parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="convformer-fast", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="convformer-fast", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     sub.add_parser("info", help="versions, backends, CPU").set_defaults(func=cmd_info)
     check = sub.add_parser("check", help="run a preset through every backend vs eager")
     check.add_argument("--preset", default="h36m-243", choices=sorted(PRESETS))
-    check.add_argument("--batch", type=int, default=1)
+    check.add_argument("--batch", type=POSITIVE_INT, default=1)
     check.set_defaults(func=cmd_check)
     perf_commands.add_subcommands(sub)  # bench, flops, kernels
     add_pose_commands(sub)  # train, eval, infer
+    # Every command, including those registered later, takes --debug after its name.
+    for command in [parser, *sub.choices.values()]:
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=f"show the traceback of user errors too (or set {DEBUG_ENV_VAR}=1)")
     return parser
 
 
@@ -111,11 +137,68 @@ def _quiet_known_noise() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (argparse exits with 2 itself on a bad
+    command line). The one place where errors become exit codes: see the module docstring."""
     _quiet_known_noise()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = _parse(argv)
+    except SystemExit:  # --help, or a bad command line: flush here, where a closed pipe is caught
+        _flush_stdout()
+        raise
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
+    name = f"convformer-fast {args.command}"
+    try:
+        code = args.func(args)
+        _flush_stdout()
+        return code
+    except UserError as error:
+        if debug:
+            traceback.print_exc()
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"{name}: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `convformer-fast info | head -3`
+        return _stdout_closed()
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's parser, so that the line names the command
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = argv  # for commands that rerun themselves in a clean process
-    return args.func(args)
+    return args
+
+
+def _flush_stdout() -> None:
+    """Flush now: a closed pipe shows here (and exits quietly), not at interpreter exit."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        sys.exit(_stdout_closed())
+
+
+def _stdout_closed() -> int:
+    _discard_stdout()
+    return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush of what is left in
+    the buffer does not fail again (and print 'Exception ignored ...')."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from ..atomic import atomic_write
 from ..fast import ConvFormerFast
 from ..reference import ConvFormer
 from .flops import flop_counter_flops
@@ -342,5 +343,5 @@ def plot_report(report: dict, path: str) -> None:
                  f"{m['cpu']}, {m['threads']} threads, {m['date']}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)

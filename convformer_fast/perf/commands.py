@@ -7,21 +7,24 @@
     convformer-fast kernels [--quick] [--preset P] [--batch B] [--dtype D] [--arch A]
                             [--kernel NAME] [--only triton|cuda] [--detail] [--json PATH]
 
-Bad input (unknown preset, backend or dtype, a backend unavailable here) ends with one
-line on stderr that lists what is available, and exit code 2.
+Bad input (unknown preset, backend or dtype, a backend unavailable here, a number out of
+range) raises UsageError: one line on stderr that lists what is available, and exit code 2
+(cli/app.py's main).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 
 import torch
 
 from ..backends import AUTO, available_backends
+from ..atomic import check_writable, write_json, write_text
 from ..cli.args import (
     DTYPES,
+    POSITIVE,
+    POSITIVE_INT,
     UsageError,
     check_backend,
     parse_device,
@@ -42,8 +45,7 @@ def default_bench_backends(device: str) -> list[str]:
 
 
 def _write_json(path: str, data) -> None:
-    with open(path, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
+    write_json(path, data)
     print(f"wrote {path}")
 
 
@@ -53,23 +55,26 @@ def _write_json(path: str, data) -> None:
 def cmd_bench(args) -> int:
     from .bench import COMPILE, EAGER, BenchSettings, format_report, plot_report, run_bench
 
-    try:
-        device = parse_device(args.device)
-        presets = parse_presets(args.preset, "h36m-243")
-        dtype = parse_dtype(args.dtype)
-        default = [EAGER, COMPILE] + [b for b in default_bench_backends(device) if b != EAGER]
-        names = split_list(args.backends) or default
-        backends = list(dict.fromkeys(check_backend(n, device, (COMPILE,)) for n in names))
-        compilers = torch.compiler.list_backends(exclude_tags=())
-        if args.compile_backend not in compilers:
-            raise UsageError(f"unknown torch.compile backend {args.compile_backend!r}; "
-                             f"available: {', '.join(compilers)}")
-        if args.batch < 1 or args.repeats < 1 or args.warmup < 1:
-            raise UsageError("--batch, --repeats and --warmup must be >= 1")
-        set_threads(args.threads)
-    except UsageError as error:
-        print(f"convformer-fast bench: error: {error}", file=sys.stderr)
-        return 2
+    device = parse_device(args.device)
+    presets = parse_presets(args.preset, "h36m-243")
+    dtype = parse_dtype(args.dtype)
+    default = [EAGER, COMPILE] + [b for b in default_bench_backends(device) if b != EAGER]
+    names = split_list(args.backends) or default
+    backends = list(dict.fromkeys(check_backend(n, device, (COMPILE,)) for n in names))
+    compilers = torch.compiler.list_backends(exclude_tags=())
+    if args.compile_backend not in compilers:
+        raise UsageError(f"unknown torch.compile backend {args.compile_backend!r}; "
+                         f"available: {', '.join(compilers)}")
+    if args.plot:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if args.plot.rsplit(".", 1)[-1].lower() not in formats:
+            raise UsageError(f"--plot: got {args.plot!r}, expected a file name ending in one of "
+                             f"{', '.join('.' + f for f in formats)}")
+    check_writable(args.json, "--json")
+    check_writable(args.plot, "--plot")
+    set_threads(args.threads)
     settings = BenchSettings(
         presets=presets, batch=args.batch, backends=backends, dtype=dtype, device=device,
         train=args.train, warmup=args.warmup, repeats=args.repeats,
@@ -91,19 +96,19 @@ def add_bench_parser(sub) -> None:
                        description="Time the whole model per backend in one process.")
     p.add_argument("--preset", action="append", metavar="P",
                    help="preset(s), repeatable or comma-separated (default h36m-243)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=POSITIVE_INT, default=1)
     p.add_argument("--backends", action="append", metavar="B,B",
                    help="eager, compile (torch.compile of eager) and fast backends; "
                         "default: eager, compile and every available one")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch.set_num_threads")
     p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
     p.add_argument("--device", default="cpu")
     p.add_argument("--train", action="store_true", help="time forward + backward + SGD step")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up calls per implementation")
-    p.add_argument("--repeats", type=int, default=15, help="timed rounds")
-    p.add_argument("--min-sample-ms", type=float, default=50.0,
+    p.add_argument("--warmup", type=POSITIVE_INT, default=3, help="warm-up calls per implementation")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=15, help="timed rounds")
+    p.add_argument("--min-sample-ms", type=POSITIVE, default=50.0,
                    help="back-to-back calls per sample until it lasts this long")
-    p.add_argument("--matmul-size", type=int, default=1024, help="n of the n^3 reference matmul")
+    p.add_argument("--matmul-size", type=POSITIVE_INT, default=1024, help="n of the n^3 reference matmul")
     p.add_argument("--compile-backend", default="inductor",
                    help="backend of the torch.compile baseline (default inductor)")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
@@ -153,21 +158,16 @@ def cmd_flops(args) -> int:
     from . import flops as F
     from . import roofline as R
 
-    try:
-        # --table5 alone covers every T; a single-preset section only when asked for.
-        wanted = args.preset or not args.table5 or args.roofline
-        presets = parse_presets(args.preset, "h36m-243") if wanted else []
-        backend = check_backend(args.backend, "cpu")
-        dtype = parse_dtype(args.dtype)
-        gpus = split_list(args.gpu) or list(R.GPU_SPECS)
-        for gpu in gpus:
-            if gpu not in R.GPU_SPECS:
-                raise UsageError(f"unknown GPU {gpu!r}; available: {', '.join(R.GPU_SPECS)}")
-        if args.batch < 1:
-            raise UsageError("--batch must be >= 1")
-    except UsageError as error:
-        print(f"convformer-fast flops: error: {error}", file=sys.stderr)
-        return 2
+    # --table5 alone covers every T; a single-preset section only when asked for.
+    wanted = args.preset or not args.table5 or args.roofline
+    presets = parse_presets(args.preset, "h36m-243") if wanted else []
+    backend = check_backend(args.backend, "cpu")
+    dtype = parse_dtype(args.dtype)
+    gpus = split_list(args.gpu) or list(R.GPU_SPECS)
+    for gpu in gpus:
+        if gpu not in R.GPU_SPECS:
+            raise UsageError(f"unknown GPU {gpu!r}; available: {', '.join(R.GPU_SPECS)}")
+    check_writable(args.json, "--json")
     out: dict = dict(convention="paper: one multiply-add = 2 FLOPs; elementwise ops and "
                                 "normalisation not counted", backend=backend, presets={})
     incomplete = False
@@ -272,7 +272,7 @@ def add_flops_parser(sub) -> None:
                        description="Parameters and FLOPs (one multiply-add = 2 FLOPs) of the "
                                    "eager and fast model for a preset.")
     p.add_argument("--preset", action="append", metavar="P", help="default h36m-243")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=POSITIVE_INT, default=1)
     p.add_argument("--backend", default=AUTO, help="backend of the fast model (default auto)")
     p.add_argument("--table5", action="store_true",
                    help="paper Table 5 next to our counts for T = 9, 27, 81, 143, 243")
@@ -317,6 +317,29 @@ def cmd_kernels(args) -> int:
 
     from . import audit
 
+    presets = (parse_presets(args.preset, "h36m-243") if args.preset
+               else QUICK["presets"] if args.quick else list(audit.PAPER_PRESETS))
+    batches = _ints(args.batch, "--batch") or (QUICK["batches"] if args.quick else [1, 64])
+    if any(b < 1 for b in batches):
+        raise UsageError(f"--batch must be >= 1, got {batches}")
+    layouts = split_list(args.layout) or list(audit.LAYOUTS)
+    for layout in layouts:
+        if layout not in audit.LAYOUTS:
+            raise UsageError(f"unknown layout {layout!r}; available: {', '.join(audit.LAYOUTS)}")
+    dtypes = [_audit_dtype(d) for d in split_list(args.dtype)] or (
+        QUICK["dtypes"] if args.quick else ["fp32", "bf16", "fp16"])
+    archs = _ints(args.arch, "--arch") or list(audit.TARGETS)
+    for arch in archs:
+        if arch not in audit.TARGETS:
+            raise UsageError(f"unknown target sm_{arch}; available: "
+                             f"{', '.join(t.name for t in audit.TARGETS.values())}")
+    if args.source_root and not os.path.exists(os.path.join(args.source_root, "setup.py")):
+        raise UsageError(f"--source-root {args.source_root!r} has no setup.py")
+    if args.only not in (None, "triton", "cuda"):
+        raise UsageError(f"--only: got {args.only!r}, expected triton or cuda")
+    check_writable(args.json, "--json")
+    check_writable(args.markdown, "--markdown")
+    # (arguments checked first: a bad one fails here, not after a restart)
     if os.environ.get(audit.INTERPRET_ENV_VAR, "0") not in ("", "0"):
         # Triton builds its own library as interpreted functions when it is imported under
         # TRITON_INTERPRET=1; the audit needs compiled ones, so run in a clean process.
@@ -325,49 +348,18 @@ def cmd_kernels(args) -> int:
               file=sys.stderr)
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, "-m", "convformer_fast.cli", *args.argv], env)
-    try:
-        presets = (parse_presets(args.preset, "h36m-243") if args.preset
-                   else QUICK["presets"] if args.quick else list(audit.PAPER_PRESETS))
-        batches = _ints(args.batch, "--batch") or (QUICK["batches"] if args.quick else [1, 64])
-        if any(b < 1 for b in batches):
-            raise UsageError(f"--batch must be >= 1, got {batches}")
-        layouts = split_list(args.layout) or list(audit.LAYOUTS)
-        for layout in layouts:
-            if layout not in audit.LAYOUTS:
-                raise UsageError(f"unknown layout {layout!r}; available: {', '.join(audit.LAYOUTS)}")
-        dtypes = [_audit_dtype(d) for d in split_list(args.dtype)] or (
-            QUICK["dtypes"] if args.quick else ["fp32", "bf16", "fp16"])
-        archs = _ints(args.arch, "--arch") or list(audit.TARGETS)
-        for arch in archs:
-            if arch not in audit.TARGETS:
-                raise UsageError(f"unknown target sm_{arch}; available: "
-                                 f"{', '.join(t.name for t in audit.TARGETS.values())}")
-        if args.jobs is not None and args.jobs < 1:
-            raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
-        if args.source_root and not os.path.exists(os.path.join(args.source_root, "setup.py")):
-            raise UsageError(f"--source-root {args.source_root!r} has no setup.py")
-        if args.only not in (None, "triton", "cuda"):
-            raise UsageError(f"--only: got {args.only!r}, expected triton or cuda")
-    except (UsageError, audit.AuditError) as error:  # AuditError: the targets need _C
-        print(f"convformer-fast kernels: error: {error}", file=sys.stderr)
-        return 2
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     settings = audit.AuditSettings(
         presets=presets, batches=batches, layouts=layouts, dtypes=dtypes, archs=archs,
         triton=args.only in (None, "triton"), cuda=args.only in (None, "cuda"),
         kernels=split_list(args.kernel), workers=args.jobs or cores, progress=not args.no_progress,
         source_root=args.source_root, fresh=args.fresh)
-    try:
-        report = audit.run_audit(settings)
-    except audit.AuditError as error:
-        print(f"convformer-fast kernels: error: {error}", file=sys.stderr)
-        return 2
+    report = audit.run_audit(settings)
     print(audit.format_report(report, detail=args.detail, roofline=not args.no_roofline))
     if args.json:
         _write_json(args.json, report)
     if args.markdown:
-        with open(args.markdown, "w") as handle:
-            handle.write(audit.format_markdown(report))
+        write_text(args.markdown, audit.format_markdown(report))
         print(f"wrote {args.markdown}")
     return 0 if report["ok"] else 1
 
@@ -393,7 +385,7 @@ def add_kernels_parser(sub) -> None:
     p.add_argument("--kernel", action="append", metavar="NAME",
                    help="only kernels whose name contains NAME (repeatable)")
     p.add_argument("--only", metavar="triton|cuda", help="audit only the Triton or the CUDA kernels")
-    p.add_argument("--jobs", type=int, default=None,
+    p.add_argument("--jobs", type=POSITIVE_INT, default=None,
                    help="compiler processes (default: the cores available)")
     p.add_argument("--source-root", metavar="DIR",
                    help="checkout with setup.py and csrc/cuda (default: the one this package runs from)")

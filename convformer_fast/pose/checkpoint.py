@@ -16,12 +16,19 @@ has 27, model has 81``) instead of a dump of mismatched state_dict keys.
 Nor are the bytes trusted: ``torch.load`` does not check the CRC32 that its zip container
 stores per record, so a flipped bit in a tensor would load silently as a wrong weight.
 Before loading, the container is read through :mod:`zipfile` (every record against its
-CRC), and an empty, truncated, corrupted or foreign file (JSON, ``.npz``, random bytes, a
-pickled whole module) fails with the file's name and what it is instead.
+CRC; records must be stored uncompressed, as ``torch.save`` writes them, so nothing can
+inflate), and an empty, truncated, corrupted or foreign file (JSON, ``.npz``, random
+bytes, a pickled whole module) fails with the file's name and what it is instead. The
+pickle is read with ``weights_only=True`` (no code runs). After loading, every weight must
+be a dense floating-point tensor backed by its own data (a zero-stride tensor would
+declare a shape far larger than the file) with finite values, and transformer blocks
+must be numbered 0, 1, 2, ... without gaps (a key ``temporal_blocks.1000000.*`` would
+otherwise build a million-block model).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import re
@@ -31,7 +38,10 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from ..atomic import atomic_open
+from ..errors import UserError
 from ..fast import ConvFormerFast
+from ..reference import ConvFormer
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -40,15 +50,17 @@ __all__ = [
     "load_checkpoint",
     "config_from_state_dict",
     "config_differences",
+    "config_problem",
     "load_model_weights",
     "model_from_checkpoint",
+    "model_config",
     "unwrap_model",
 ]
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KIND = "convformer_fast.pose"
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file is unreadable, malformed, or belongs to another configuration."""
 
 
@@ -106,12 +118,9 @@ def save_checkpoint(path, model: nn.Module, optimizer: Optional[torch.optim.Opti
         state["scheduler"] = scheduler.state_dict()
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_open(path) as handle:  # a file object: torch.save names its records "archive/..."
+        torch.save(state, handle)
+    return os.fspath(path)
 
 
 def _check_container(path: str) -> None:
@@ -131,6 +140,10 @@ def _check_container(path: str) -> None:
                 if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
                     raise CheckpointError(f"{path}: a zip archive of {names[:3]}, not a torch.save "
                                           "checkpoint (it has no data.pkl; a NumPy .npz?)")
+                compressed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+                if compressed:
+                    raise CheckpointError(f"{path}: record {compressed[0]!r} is compressed; expected the "
+                                          "uncompressed records that torch.save writes")
                 corrupted = archive.testzip()
         except CheckpointError:
             raise
@@ -190,7 +203,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, expected a checkpoint dict "
                               "with keys 'config' and 'model'")
     if "model" not in state and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        weights = state
+        weights = _checked_weights(path, state)
         config = config_from_state_dict(weights, path)
         config.update(num_heads=8, drop_path=0.0, agg_dropout=0.0)
         return {"format": 0, "kind": "state_dict", "config": config, "model": weights, "epoch": 0,
@@ -202,14 +215,23 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(state["config"], dict):
         raise CheckpointError(f"{path}: key 'config' holds a {type(state['config']).__name__}, "
                               "expected the model's constructor dict")
+    for key, value in state["config"].items():
+        if not _plain_value(value):
+            raise CheckpointError(f"{path}: config field {key!r} holds a {type(value).__name__}, expected "
+                                  "a number, a string or a list of numbers")
     if not isinstance(state["model"], dict):
         raise CheckpointError(f"{path}: key 'model' holds a {type(state['model']).__name__}, "
                               "expected a state_dict")
+    _checked_weights(path, state["model"])
     for key, expected in _OPTIONAL_ENTRIES.items():
         if key in state and not isinstance(state[key], expected):
             raise CheckpointError(f"{path}: key {key!r} holds a {type(state[key]).__name__}, "
                                   f"expected {expected.__name__}")
     fmt = state.get("format", CHECKPOINT_FORMAT)
+    if isinstance(fmt, bool) or not isinstance(fmt, int):
+        raise CheckpointError(f"{path}: key 'format' holds {fmt!r}, expected an integer")
+    if state.get("epoch", 0) < 0:
+        raise CheckpointError(f"{path}: key 'epoch' holds {state['epoch']}, expected >= 0")
     if fmt > CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: key 'format' is {fmt}, expected <= {CHECKPOINT_FORMAT} "
                               "(written by a newer convformer_fast)")
@@ -223,6 +245,37 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return state
 
 
+def _plain_value(value) -> bool:
+    """A config value as save_checkpoint writes them: None, a bool, number or string, or a
+    list of numbers."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(v, (bool, int, float)) for v in value)
+
+
+def _checked_weights(path: str, weights: dict) -> dict:
+    """Every entry a dense, finite floating-point tensor under a string key, backed by as
+    many bytes as its shape needs."""
+    for key, value in weights.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: a weight is filed under {key!r}, expected parameter names")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: weight {key!r} is a {type(value).__name__}, expected a tensor")
+        if value.layout != torch.strided or not value.dtype.is_floating_point:
+            raise CheckpointError(f"{path}: weight {key!r} is a {value.layout} {value.dtype} tensor, "
+                                  "expected a dense floating-point one")
+        needed = value.numel() * value.element_size()
+        if value.numel() and (not value.is_contiguous() or needed > value.untyped_storage().nbytes()):
+            raise CheckpointError(f"{path}: weight {key!r} declares shape {tuple(value.shape)} with strides "
+                                  f"{value.stride()} over {value.untyped_storage().nbytes()} bytes of data; "
+                                  "expected a contiguous tensor holding its own values")
+        if not torch.isfinite(value).all():
+            raise CheckpointError(f"{path}: weight {key!r} holds NaN or infinite values (a diverged "
+                                  "training run?); expected finite weights")
+    return weights
+
+
 _BLOCK_KEY = re.compile(r"^(spatial|temporal)_blocks\.(\d+)\.")
 
 
@@ -233,19 +286,29 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor], where: str = 
         ``num_frames, num_joints, embed_dim, spatial_depth, temporal_depth,
         kernel_sizes, mlp_ratio`` (``num_heads`` and the dropout rates own no tensor).
     """
-    def get(key):
+    def get(key, ndim: int):
         if key not in state_dict:
             raise CheckpointError(f"{where}: weight {key!r} missing, expected a ConvFormer state_dict "
-                                  f"(this one has {len(state_dict)} entries: {sorted(state_dict)[:3]}...)")
-        return state_dict[key]
+                                  f"(this one has {len(state_dict)} entries: {sorted(map(str, state_dict))[:3]}...)")
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor) or value.dim() != ndim or 0 in value.shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CheckpointError(f"{where}: weight {key!r} has shape {shape}, expected a non-empty "
+                                  f"{ndim}-d tensor")
+        return value
 
-    pos = get("spatial_pos_embed")
-    temporal = get("temporal_pos_embed")
-    depth = {"spatial": 0, "temporal": 0}
+    pos = get("spatial_pos_embed", 3)
+    temporal = get("temporal_pos_embed", 3)
+    blocks = {"spatial": set(), "temporal": set()}
     for key in state_dict:
-        match = _BLOCK_KEY.match(key)
+        match = _BLOCK_KEY.match(key) if isinstance(key, str) else None
         if match:
-            depth[match.group(1)] = max(depth[match.group(1)], int(match.group(2)) + 1)
+            blocks[match.group(1)].add(int(match.group(2)))
+    for stage, numbers in blocks.items():
+        if numbers != set(range(len(numbers))):
+            raise CheckpointError(f"{where}: {stage} blocks numbered {sorted(numbers)[:5]}..., expected "
+                                  "0, 1, 2, ... without gaps")
+    depth = {stage: len(numbers) for stage, numbers in blocks.items()}
     config = dict(num_frames=int(temporal.shape[1]), num_joints=int(pos.shape[1]),
                   embed_dim=int(pos.shape[2]), spatial_depth=depth["spatial"],
                   temporal_depth=depth["temporal"])
@@ -253,10 +316,10 @@ def config_from_state_dict(state_dict: Mapping[str, torch.Tensor], where: str = 
     if stage is not None:
         kernels, i = [], 0
         while f"{stage}_blocks.0.attn.query_convs.{i}.weight" in state_dict:
-            kernels.append(int(state_dict[f"{stage}_blocks.0.attn.query_convs.{i}.weight"].shape[-1]))
+            kernels.append(int(get(f"{stage}_blocks.0.attn.query_convs.{i}.weight", 3).shape[-1]))
             i += 1
         config["kernel_sizes"] = tuple(kernels)
-        hidden = get(f"{stage}_blocks.0.mlp.0.weight")
+        hidden = get(f"{stage}_blocks.0.mlp.0.weight", 2)
         config["mlp_ratio"] = hidden.shape[0] / hidden.shape[1]
     return config
 
@@ -320,9 +383,39 @@ def model_from_checkpoint(checkpoint, backend: str = "auto", device="cpu") -> Co
     """
     if not isinstance(checkpoint, Mapping):
         checkpoint = load_checkpoint(checkpoint)
-    config = dict(checkpoint["config"])
-    if "kernel_sizes" in config:
-        config["kernel_sizes"] = tuple(config["kernel_sizes"])
-    model = ConvFormerFast(**config, backend=backend)
+    model = ConvFormerFast(**model_config(checkpoint), backend=backend)
     load_model_weights(model, checkpoint)
     return model.to(device).eval()
+
+
+#: The constructor arguments of a ConvFormer: what a checkpoint's config may hold.
+CONFIG_FIELDS = tuple(p for p in inspect.signature(ConvFormer.__init__).parameters
+                      if p not in ("self", "block_kwargs"))
+
+
+def model_config(checkpoint: Mapping[str, Any]) -> dict:
+    """A checkpoint's config as constructor arguments, checked by building the model on the
+    ``meta`` device (no memory); a config that makes no model is a CheckpointError."""
+    path = checkpoint.get("path", "checkpoint")
+    config = dict(checkpoint["config"])
+    unknown = [k for k in config if k not in CONFIG_FIELDS]
+    if unknown:
+        raise CheckpointError(f"{path}: config has unknown field(s) {unknown}; expected only "
+                              f"{list(CONFIG_FIELDS)}")
+    if "kernel_sizes" in config and isinstance(config["kernel_sizes"], (list, tuple)):
+        config["kernel_sizes"] = tuple(config["kernel_sizes"])
+    problem = config_problem(config)
+    if problem:
+        raise CheckpointError(f"{path}: config does not make a model: {problem}")
+    return config
+
+
+def config_problem(config: Mapping[str, Any]) -> Optional[str]:
+    """Why ``ConvFormer(**config)`` would fail (its own argument checks), or None; found by
+    building it on the ``meta`` device, which allocates nothing."""
+    try:
+        with torch.device("meta"):
+            ConvFormer(**config)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None

@@ -16,8 +16,6 @@ differences of consecutive predictions within each sequence, so it needs every f
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections import OrderedDict
 from typing import Optional, Sequence
@@ -28,7 +26,8 @@ from . import metrics
 from .data.skeleton import H36M_17
 from .data.windows import PoseSequence
 from .lifting import lift_sequence
-from ..cli.args import add_runtime_arguments, resolve_device, set_threads
+from ..atomic import check_writable, write_json
+from ..cli.args import POSITIVE_INT, UsageError, add_runtime_arguments, check_backend, resolve_device, set_threads
 
 __all__ = ["PROTOCOLS", "evaluate_sequences", "format_table", "add_arguments", "run"]
 
@@ -145,9 +144,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actions", nargs="+", default=None, help="only these actions")
     parser.add_argument("--deepmimic", action="store_true",
                         help="evaluate on the bundled DeepMimic real-motion clips instead of --data-dir")
-    parser.add_argument("--stride", type=int, default=1, help="evaluate every n-th frame (MPJVE needs 1)")
+    parser.add_argument("--stride", type=POSITIVE_INT, default=1, help="evaluate every n-th frame (MPJVE needs 1)")
     parser.add_argument("--no-flip-tta", action="store_true", help="disable flip test-time augmentation")
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=1024)
     parser.add_argument("--backend", default="auto")
     add_runtime_arguments(parser)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -158,8 +157,12 @@ def run(args) -> int:
     from .datasets import deepmimic_sequences, h36m_sequences
 
     set_threads(args.threads)
+    device = resolve_device(args.device)
+    if args.backend != "auto":
+        check_backend(args.backend, device.type)
+    check_writable(args.json, "--json")
     checkpoint = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(checkpoint, backend=args.backend, device=resolve_device(args.device))
+    model = model_from_checkpoint(checkpoint, backend=args.backend, device=device)
     if args.deepmimic:
         sequences, metadata = deepmimic_sequences(), None
         title = "DeepMimic real-motion clips (converted from pybullet_data)"
@@ -167,8 +170,8 @@ def run(args) -> int:
         subjects = args.subjects or "test"
         sequences, metadata = h36m_sequences(args.data_dir, args.keypoints, subjects, actions=args.actions)
         title = f"Human3.6M {args.data_dir} ({args.keypoints} 2D), subjects {subjects}"
-    if sequences and sequences[0].num_frames and model.num_joints != sequences[0].inputs_2d.shape[1]:
-        raise ValueError(f"checkpoint: model has num_joints={model.num_joints}, the data has "
+    if model.num_joints != sequences[0].inputs_2d.shape[1]:
+        raise UsageError(f"--checkpoint: model has num_joints={model.num_joints}, the data has "
                          f"{sequences[0].inputs_2d.shape[1]} joints")
     flip = None if args.no_flip_tta else h36m_flip_symmetry(metadata)
     result = evaluate_sequences(model, sequences, stride=args.stride, flip_symmetry=flip,
@@ -177,8 +180,5 @@ def run(args) -> int:
     print(format_table(result, f"{title}\ncheckpoint {args.checkpoint} (epoch {epoch}, T={model.num_frames}), "
                                f"{result['frames']} frames, flip TTA {'off' if flip is None else 'on'}"))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump({k: (dict(v) if isinstance(v, OrderedDict) else v) for k, v in result.items()},
-                      handle, indent=2)
+        write_json(args.json, {k: (dict(v) if isinstance(v, OrderedDict) else v) for k, v in result.items()})
     return 0

@@ -9,10 +9,12 @@ Input keypoints, either
   and per-video ``w``/``h`` in the metadata); the metadata's ``layout_name`` says COCO or
   H36M. ``--video`` picks videos (default: all).
 
-Missed detections (NaN, or confidence below ``--min-confidence``) are interpolated over
-time (:mod:`convformer_fast.pose.keypoints`); a joint never detected is rejected. Any
-length works: every frame gets its own edge-padded T-frame window, windows are batched,
-and the spatial ConvFormer runs once per frame (:mod:`convformer_fast.pose.lifting`).
+Missed detections (NaN, or confidence below ``--min-confidence``; a confidence equal to
+it counts as detected) are interpolated over time (:mod:`convformer_fast.pose.keypoints`);
+a joint never detected is rejected. Any length works, one frame included: every frame gets
+its own edge-padded T-frame window, windows are batched, and the spatial ConvFormer runs
+once per frame (:mod:`convformer_fast.pose.lifting`). Keypoints on the image border are
+used as they are. The ``.npy`` input is read without unpickling anything.
 
 Output: ``(frames, 17, 3)`` float32 root-relative camera-frame poses in metres (the root
 joint is 0), Human3.6M-17 order; ``.npy`` for one video, ``.npz`` (one key per video)
@@ -27,9 +29,13 @@ import os
 
 import numpy as np
 
+from .data.formats import read_npy
 from .data.skeleton import H36M_17
 from .keypoints import prepare_keypoints
-from ..cli.args import add_runtime_arguments, resolve_device, set_threads
+from ..atomic import atomic_open, check_writable
+from ..cli.args import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, UsageError, add_runtime_arguments,
+                        check_backend, resolve_device, set_threads)
+from ..errors import InputError
 
 __all__ = ["add_arguments", "load_videos", "run"]
 
@@ -42,18 +48,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", nargs="+", default=None, help="videos of a custom .npz (default: all)")
     parser.add_argument("--layout", choices=("auto", "coco", "h36m"), default="auto",
                         help="joint order of the input (auto: the .npz metadata, COCO for .npy)")
-    parser.add_argument("--width", type=float, default=None, help="image width in pixels (.npy input)")
-    parser.add_argument("--height", type=float, default=None, help="image height in pixels (.npy input)")
+    parser.add_argument("--width", type=POSITIVE, default=None, help="image width in pixels (.npy input)")
+    parser.add_argument("--height", type=POSITIVE, default=None, help="image height in pixels (.npy input)")
     parser.add_argument("--normalized", action="store_true", help="the .npy holds normalised coordinates")
-    parser.add_argument("--min-confidence", type=float, default=0.0,
-                        help="keypoints with a lower confidence count as missed and are interpolated")
+    parser.add_argument("--min-confidence", type=NON_NEGATIVE, default=0.0,
+                        help="keypoints with a lower confidence count as missed and are interpolated "
+                             "(equal counts as detected)")
     parser.add_argument("--no-flip-tta", action="store_true", help="disable flip test-time augmentation")
-    parser.add_argument("--batch-size", type=int, default=1024, help="windows per batch")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=1024, help="windows per batch")
     parser.add_argument("--backend", default="auto")
     add_runtime_arguments(parser)
     parser.add_argument("--render", default=None, help="also write an animation: out.gif or out.mp4")
-    parser.add_argument("--fps", type=float, default=50.0, help="frame rate of the video (for --render)")
-    parser.add_argument("--render-frames", type=int, default=None, help="render at most this many frames")
+    parser.add_argument("--fps", type=POSITIVE, default=50.0, help="frame rate of the video (for --render)")
+    parser.add_argument("--render-frames", type=POSITIVE_INT, default=None, help="render at most this many frames")
 
 
 def load_videos(args) -> list[dict]:
@@ -64,32 +71,27 @@ def load_videos(args) -> list[dict]:
         videos, metadata = load_custom_2d(path)
         layout = metadata["layout_name"] if args.layout == "auto" else args.layout
         if layout not in ("coco", "h36m"):
-            raise ValueError(f"{path}: metadata layout_name is {layout!r}, expected 'coco' or 'h36m' "
+            raise InputError(f"{path}: metadata layout_name is {layout!r}, expected 'coco' or 'h36m' "
                              "(or pass --layout)")
         names = args.video or list(videos)
         unknown = [n for n in names if n not in videos]
         if unknown:
-            raise ValueError(f"--video: {unknown} not in {path}, expected some of {sorted(videos)}")
+            raise UsageError(f"--video: {unknown} not in {path}, expected some of {sorted(videos)}")
         entries = [(n, videos[n]["keypoints"], videos[n]["w"], videos[n]["h"], False) for n in names]
     else:
-        if not os.path.isfile(path):
-            raise ValueError(f"--keypoints: {path} not found")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise ValueError(f"--keypoints: {path} cannot be read as a .npy array ({exc})") from exc
-        layout = "coco" if args.layout == "auto" else args.layout
         if not args.normalized and (args.width is None or args.height is None):
-            raise ValueError("--width/--height: got none, expected the image size in pixels for .npy "
+            raise UsageError("--width/--height: got none, expected the image size in pixels for .npy "
                              "pixel keypoints (or pass --normalized)")
+        array = read_npy(path, "2D keypoints (frames, 17, 2 or 3) as a NumPy .npy array")
+        layout = "coco" if args.layout == "auto" else args.layout
         name = os.path.splitext(os.path.basename(path))[0]
         entries = [(name, array, args.width, args.height, args.normalized)]
     out = []
     for name, kp, w, h, normalized in entries:
         try:
             inputs, info = prepare_keypoints(kp, layout, w, h, normalized, args.min_confidence)
-        except ValueError as exc:
-            raise ValueError(f"{path} ({name}): {exc}") from None
+        except InputError as exc:
+            raise InputError(f"{path} ({name}): {exc}") from None
         out.append(dict(name=name, inputs=inputs, pixels=info["pixels"], w=w, h=h, filled=info["filled"]))
     return out
 
@@ -101,14 +103,24 @@ def run(args) -> int:
 
     set_threads(args.threads)
     if not (args.out.endswith(".npy") or args.out.endswith(".npz")):
-        raise ValueError(f"--out: got {args.out!r}, expected a .npy or .npz file")
+        raise UsageError(f"--out: got {args.out!r}, expected a .npy or .npz file")
+    if args.render and os.path.splitext(args.render)[1].lower() not in (".gif", ".mp4"):
+        raise UsageError(f"--render: got {args.render!r}, expected a .gif or .mp4 file")
+    if args.render:
+        from .render import check_writer
+        check_writer(args.render)
+    check_writable(args.out, "--out")
+    check_writable(args.render, "--render")
+    device = resolve_device(args.device)
+    if args.backend != "auto":
+        check_backend(args.backend, device.type)
     videos = load_videos(args)
     if args.out.endswith(".npy") and len(videos) > 1:
-        raise ValueError(f"--out: {len(videos)} videos ({[v['name'] for v in videos]}) need an .npz output "
+        raise UsageError(f"--out: {len(videos)} videos ({[v['name'] for v in videos]}) need an .npz output "
                          "(or pick one with --video)")
-    model = model_from_checkpoint(args.checkpoint, backend=args.backend, device=resolve_device(args.device))
+    model = model_from_checkpoint(args.checkpoint, backend=args.backend, device=device)
     if model.num_joints != H36M_17.num_joints:
-        raise ValueError(f"--checkpoint: model has num_joints={model.num_joints}, expected a "
+        raise UsageError(f"--checkpoint: model has num_joints={model.num_joints}, expected a "
                          f"{H36M_17.num_joints}-joint Human3.6M model for video keypoints")
     flip = None if args.no_flip_tta else h36m_flip_symmetry()
     results = {}
@@ -118,11 +130,11 @@ def run(args) -> int:
         results[video["name"]] = poses
         note = f", {video['filled']} missed keypoints interpolated" if video["filled"] else ""
         print(f"{video['name']}: {len(poses)} frames -> 3D (T={model.num_frames}{note})")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    if args.out.endswith(".npy"):
-        np.save(args.out, next(iter(results.values())))
-    else:
-        np.savez_compressed(args.out, **results)
+    with atomic_open(args.out) as handle:
+        if args.out.endswith(".npy"):
+            np.save(handle, next(iter(results.values())))
+        else:
+            np.savez_compressed(handle, **results)
     print(f"wrote {args.out}: root-relative camera-frame poses in metres, Human3.6M-17 order")
     if args.render:
         from .render import render_animation

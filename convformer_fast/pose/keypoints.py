@@ -4,7 +4,15 @@ Missed detections: a keypoint that is NaN (or whose confidence is below
 ``min_confidence``) is **interpolated linearly over time** from the same joint's nearest
 detected frames before and after; before the first / after the last detection the nearest
 detected value is held. A joint that is never detected in the whole sequence cannot be
-interpolated and is rejected with a ``ValueError`` naming the joint.
+interpolated and is rejected with an :class:`~convformer_fast.errors.InputError` (a
+``ValueError``) naming the joint; so is anything else that makes keypoints unusable
+(shape, dtype, coordinates that overflow float32 after normalisation).
+
+Edges that are valid input: one frame (a ``(17, C)`` array counts as one frame), fewer
+frames than the model's receptive field (windows are edge-padded), keypoints exactly on the
+image border (``x = 0`` or ``x = width``: normalised to -1 and 1, nothing is clipped), and
+confidences equal to ``min_confidence`` (a keypoint is missed only when its confidence is
+*below* the threshold, or NaN).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import InputError
 from .data.camera import normalize_screen_coordinates
 from .data.skeleton import H36M_17_NAMES
 
@@ -50,7 +59,12 @@ def coco_to_h36m(keypoints: np.ndarray) -> np.ndarray:
     """
     kp = np.asarray(keypoints, dtype=np.float64)
     if kp.ndim < 2 or kp.shape[-2] != 17:
-        raise ValueError(f"keypoints: got shape {kp.shape}, expected (..., 17, C) COCO-17 keypoints")
+        raise InputError(f"keypoints: got shape {kp.shape}, expected (..., 17, C) COCO-17 keypoints")
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, a missed keypoint
+        return _coco_to_h36m(kp)
+
+
+def _coco_to_h36m(kp: np.ndarray) -> np.ndarray:
     out = np.empty_like(kp)
     for h36m, coco in _DIRECT.items():
         out[..., h36m, :] = kp[..., _C[coco], :]
@@ -78,7 +92,7 @@ def fill_missing(keypoints: np.ndarray, joint_names=H36M_17_NAMES) -> tuple[np.n
         ``(filled copy, number of filled keypoints)``.
 
     Raises:
-        ValueError: a joint missing in every frame.
+        InputError: a joint missing in every frame.
     """
     kp = np.array(keypoints, dtype=np.float64, copy=True)
     valid = np.isfinite(kp).all(-1)  # (F, J)
@@ -91,7 +105,7 @@ def fill_missing(keypoints: np.ndarray, joint_names=H36M_17_NAMES) -> tuple[np.n
             continue
         if not ok.any():
             name = joint_names[j] if j < len(joint_names) else str(j)
-            raise ValueError(f"keypoints: joint {j} ({name}) is missing (NaN or below the confidence "
+            raise InputError(f"keypoints: joint {j} ({name}) is missing (NaN or below the confidence "
                              f"threshold) in all {kp.shape[0]} frames; expected at least one detection "
                              "per joint to interpolate from")
         for c in range(kp.shape[2]):
@@ -117,16 +131,20 @@ def prepare_keypoints(keypoints, layout: str = "coco", width: Optional[float] = 
         ``filled`` (interpolated keypoints) and ``pixels`` (the H36M-17 pixel keypoints
         after filling, or None when ``normalized``).
     """
-    kp = np.asarray(keypoints, dtype=np.float64)
+    kp = np.asarray(keypoints)
+    if kp.dtype.kind not in "fiu":
+        raise InputError(f"keypoints: got dtype {kp.dtype}, expected real numbers (float or int)")
+    with np.errstate(invalid="ignore", over="ignore"):
+        kp = kp.astype(np.float64)
     if kp.ndim == 2 and kp.shape[-1] in (2, 3):
         kp = kp[None]  # a single frame
     if kp.ndim != 3 or kp.shape[1] != 17 or kp.shape[2] not in (2, 3):
-        raise ValueError(f"keypoints: got shape {kp.shape}, expected (frames, 17, 2) or (frames, 17, 3) "
+        raise InputError(f"keypoints: got shape {kp.shape}, expected (frames, 17, 2) or (frames, 17, 3) "
                          f"with confidence, joints in {layout!r} order (COCO-17 or H36M-17)")
     if kp.shape[0] < 1:
-        raise ValueError("keypoints: got 0 frames, expected at least one")
+        raise InputError("keypoints: got 0 frames, expected at least one")
     if layout not in ("coco", "h36m"):
-        raise ValueError(f"layout: got {layout!r}, expected 'coco' or 'h36m'")
+        raise InputError(f"layout: got {layout!r}, expected 'coco' or 'h36m'")
     xy = kp[..., :2].copy()
     if kp.shape[2] == 3:
         conf = kp[..., 2]
@@ -135,10 +153,22 @@ def prepare_keypoints(keypoints, layout: str = "coco", width: Optional[float] = 
         xy = coco_to_h36m(xy)
     xy, filled = fill_missing(xy, H36M_17_NAMES)
     if normalized:
-        return xy.astype(np.float32), {"filled": filled, "pixels": None}
+        return _finite_float32(xy, "normalised coordinates"), {"filled": filled, "pixels": None}
     if width is None or height is None:
-        raise ValueError("width/height: got none, expected the image size in pixels to normalise "
+        raise InputError("width/height: got none, expected the image size in pixels to normalise "
                          "pixel keypoints (or pass normalized=True)")
+    if not (np.isfinite(width) and np.isfinite(height) and width > 0 and height > 0):
+        raise InputError(f"width/height: got {width!r} x {height!r}, expected a positive image size in pixels")
     inputs = normalize_screen_coordinates(xy, w=float(width), h=float(height))
-    return inputs.astype(np.float32), {"filled": filled, "pixels": xy.astype(np.float32)}
+    return _finite_float32(inputs, "normalised coordinates"), {
+        "filled": filled, "pixels": _finite_float32(xy, "pixel coordinates")}
 
+
+def _finite_float32(values: np.ndarray, what: str) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = values.astype(np.float32)
+    if not np.isfinite(out).all():
+        frame = int(np.argwhere(~np.isfinite(out))[0][0])
+        raise InputError(f"keypoints: {what} overflow float32 (first in frame {frame}); expected "
+                         "coordinates within the image (or normalised ones with --normalized)")
+    return out

@@ -13,9 +13,11 @@ from typing import Optional
 
 import numpy as np
 
+from ..atomic import atomic_write
+from ..errors import UsageError
 from .data.skeleton import H36M_17, Skeleton
 
-__all__ = ["render_animation"]
+__all__ = ["check_writer", "render_animation"]
 
 _LEFT, _RIGHT, _CENTRE = "#1f77b4", "#d62728", "#444444"
 
@@ -23,6 +25,12 @@ _LEFT, _RIGHT, _CENTRE = "#1f77b4", "#d62728", "#444444"
 def _bone_colours(skeleton: Skeleton) -> list[str]:
     left, right = set(skeleton.joints_left), set(skeleton.joints_right)
     return [_LEFT if c in left else _RIGHT if c in right else _CENTRE for _, c in skeleton.bones()]
+
+
+def check_writer(out_path: str) -> None:
+    """Raise UsageError now, before any work, if ``out_path`` cannot be rendered here."""
+    if os.path.splitext(out_path)[1].lower() == ".mp4":
+        _mp4_writer(25.0)
 
 
 def _mp4_writer(fps: float):
@@ -36,7 +44,7 @@ def _mp4_writer(fps: float):
         except ImportError:
             pass
     if not animation.writers.is_available("ffmpeg") and shutil.which("ffmpeg") is None:
-        raise RuntimeError("--render: writing .mp4 needs ffmpeg (install it, or pip install imageio-ffmpeg); "
+        raise UsageError("--render: writing .mp4 needs ffmpeg (install it, or pip install imageio-ffmpeg); "
                            "a .gif needs nothing extra")
     return animation.FFMpegWriter(fps=fps, bitrate=2000)
 
@@ -129,7 +137,6 @@ def render_animation(out_path: str, keypoints_2d: np.ndarray, poses_3d: np.ndarr
     anim = animation.FuncAnimation(fig, draw, frames=frames, blit=False)
     render_fps = fps / step
     writer = animation.PillowWriter(fps=render_fps) if ext == ".gif" else _mp4_writer(render_fps)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    anim.save(out_path, writer=writer, dpi=dpi)
+    atomic_write(out_path, lambda tmp: anim.save(tmp, writer=writer, dpi=dpi))
     plt.close(fig)
     return out_path

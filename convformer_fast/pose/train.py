@@ -10,7 +10,13 @@ a row in ``<out>/log.csv`` (and TensorBoard scalars when ``tensorboard`` is inst
 ``<out>/last.pt`` and, when the test MPJPE improved, ``<out>/best.pt``. A checkpoint
 holds the model config, weights, optimiser, LR scheduler, AMP scaler and epoch;
 ``--resume <out>/last.pt`` continues where it stopped (model options given on the command
-line must match the checkpoint: a mismatch names the field).
+line must match the checkpoint: a mismatch names the field), and with the same seed it
+ends with the same weights as a run that was never interrupted: the sampler and dropout
+are seeded per epoch, the optimiser, schedule and scaler come from the checkpoint, and
+every file is replaced atomically (a run killed at any moment leaves the previous
+``last.pt``; log rows of epochs after the checkpoint's are dropped when they are logged
+again). ``--epochs 0`` (or a checkpoint that has finished ``--epochs``) trains nothing and
+writes nothing: it prints the test metrics of the model as it stands.
 
 Many GPUs / nodes: ``torchrun --nproc_per_node N -m convformer_fast.cli train ...``. Each
 rank builds ``DistributedDataParallel`` (NCCL on GPUs, gloo on CPUs) and reads its share
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import os
 import time
@@ -41,9 +48,12 @@ from .data.skeleton import H36M_17
 from .data.windows import PoseWindowDataset
 from ..fast import ConvFormerFast
 from ..presets import PRESETS, preset_config
-from .checkpoint import (CheckpointError, config_differences, load_checkpoint, load_model_weights,
-                         save_checkpoint)
-from ..cli.args import add_runtime_arguments, set_threads
+from .checkpoint import (CheckpointError, config_differences, config_problem, load_checkpoint,
+                         load_model_weights, model_config, save_checkpoint)
+from ..atomic import check_writable, make_folder, write_text
+from ..cli.args import (COUNT, NON_NEGATIVE, ODD_POSITIVE_INT, POSITIVE, POSITIVE_INT, PROBABILITY, SEED,
+                        Range, UsageError, add_runtime_arguments, check_backend, resolve_device,
+                        set_threads)
 
 __all__ = ["DistInfo", "add_arguments", "build_config", "setup_distributed", "make_loader",
            "wrap_model", "forward_backward", "run"]
@@ -65,48 +75,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--keypoints", default="gt", help="2D detector file suffix (gt, cpn_ft_h36m_dbb, ...)")
     data.add_argument("--synthetic", action="store_true",
                       help="write synthetic Human3.6M files into --data-dir first (if absent)")
-    data.add_argument("--synthetic-frames", type=int, default=400, help="frames per synthetic sequence")
+    data.add_argument("--synthetic-frames", type=POSITIVE_INT, default=400, help="frames per synthetic sequence")
     data.add_argument("--train-subjects", nargs="+", default=None, help="default S1 S5 S6 S7 S8")
     data.add_argument("--test-subjects", nargs="+", default=None, help="default S9 S11")
     data.add_argument("--actions", nargs="+", default=None, help="only these actions")
-    data.add_argument("--stride", type=int, default=1, help="take every n-th training frame as a target")
+    data.add_argument("--stride", type=POSITIVE_INT, default=1, help="take every n-th training frame as a target")
     data.add_argument("--no-flip", action="store_true", help="no horizontal flip augmentation")
 
     model = parser.add_argument_group("model (default: the preset; on --resume: the checkpoint's)")
     model.add_argument("--preset", default=None, choices=sorted(PRESETS), help=f"default {DEFAULT_PRESET}")
-    model.add_argument("--frames", type=int, default=None, help="receptive field T")
-    model.add_argument("--embed-dim", type=int, default=None)
-    model.add_argument("--spatial-depth", type=int, default=None)
-    model.add_argument("--temporal-depth", type=int, default=None)
-    model.add_argument("--heads", type=int, default=None)
-    model.add_argument("--kernel-sizes", type=int, nargs="+", default=None)
-    model.add_argument("--mlp-ratio", type=float, default=None)
-    model.add_argument("--drop-path", type=float, default=None, help="stochastic depth (paper 0.2)")
-    model.add_argument("--agg-dropout", type=float, default=None, help="aggregation dropout (paper 0.2)")
+    model.add_argument("--frames", type=POSITIVE_INT, default=None, help="receptive field T")
+    model.add_argument("--embed-dim", type=POSITIVE_INT, default=None)
+    model.add_argument("--spatial-depth", type=COUNT, default=None)
+    model.add_argument("--temporal-depth", type=COUNT, default=None)
+    model.add_argument("--heads", type=POSITIVE_INT, default=None)
+    model.add_argument("--kernel-sizes", type=ODD_POSITIVE_INT, nargs="+", default=None)
+    model.add_argument("--mlp-ratio", type=POSITIVE, default=None)
+    model.add_argument("--drop-path", type=PROBABILITY, default=None, help="stochastic depth (paper 0.2)")
+    model.add_argument("--agg-dropout", type=PROBABILITY, default=None, help="aggregation dropout (paper 0.2)")
     model.add_argument("--backend", default="auto", help="fast backend of every layer")
 
     optim = parser.add_argument_group("optimisation (paper defaults)")
-    optim.add_argument("--epochs", type=int, default=60)
-    optim.add_argument("--batch-size", type=int, default=1024, help="global batch (split over ranks)")
-    optim.add_argument("--lr", type=float, default=1e-3)
-    optim.add_argument("--lr-decay", type=float, default=0.95, help="LR factor after every epoch")
+    optim.add_argument("--epochs", type=COUNT, default=60,
+                       help="0: evaluate the initial (or --resume) model, train nothing, write nothing")
+    optim.add_argument("--batch-size", type=POSITIVE_INT, default=1024, help="global batch (split over ranks)")
+    optim.add_argument("--lr", type=POSITIVE, default=1e-3)
+    optim.add_argument("--lr-decay", type=Range(float, 0, 1, low_open=True), default=0.95,
+                       help="LR factor after every epoch")
     optim.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw")
-    optim.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
-    optim.add_argument("--max-batches", type=int, default=None, help="stop each epoch after n batches")
+    optim.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.1, help="AdamW weight decay")
+    optim.add_argument("--max-batches", type=POSITIVE_INT, default=None, help="stop each epoch after n batches")
     optim.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
                        help="mixed precision: auto = bf16/fp16 on GPUs, off on CPUs")
-    optim.add_argument("--seed", type=int, default=0)
-    optim.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    optim.add_argument("--seed", type=SEED, default=0)
+    optim.add_argument("--workers", type=COUNT, default=0, help="DataLoader worker processes")
     add_runtime_arguments(optim)
 
     out = parser.add_argument_group("evaluation and output")
     out.add_argument("--out", default=None, help="run folder (default runs/<preset>, or the --resume folder)")
     out.add_argument("--resume", default=None, help="continue from this checkpoint")
-    out.add_argument("--eval-stride", type=int, default=1,
+    out.add_argument("--eval-stride", type=POSITIVE_INT, default=1,
                      help="evaluate every n-th test frame after each epoch (MPJVE needs 1)")
     out.add_argument("--no-eval", action="store_true", help="no per-epoch test evaluation")
     out.add_argument("--no-test-flip", action="store_true", help="no flip test-time augmentation")
-    out.add_argument("--eval-batch-size", type=int, default=1024)
+    out.add_argument("--eval-batch-size", type=POSITIVE_INT, default=1024)
     out.add_argument("--no-tensorboard", action="store_true", help="do not log to TensorBoard even if installed")
     out.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
@@ -150,9 +162,8 @@ class DistInfo:
 def setup_distributed(device: str = "auto") -> DistInfo:
     """Read the ``torchrun`` environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); with
     more than one process, join the process group (NCCL on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank, local = (_env_int(name, default) for name, default in
+                          (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
     if device == "auto":
         dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     else:
@@ -164,6 +175,15 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
     return DistInfo(rank, world, local, dev)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"environment variable {name}: got {value!r}, expected an integer "
+                         "(torchrun sets it)") from None
 
 
 def make_loader(dataset, batch_size: int, info: DistInfo, shuffle: bool = True, seed: int = 0,
@@ -237,12 +257,19 @@ def _tensorboard(out_dir: str, enabled: bool):
 
 
 def _append_csv(path: str, row: dict) -> None:
-    new = not os.path.isfile(path)
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+    """Add the row of an epoch to the log, rewritten atomically. Rows of that epoch or later
+    are dropped first: a run killed after logging an epoch but before its checkpoint logs
+    that epoch again when it resumes from the previous checkpoint."""
+    rows = []
+    if os.path.isfile(path):
+        with open(path, newline="") as handle:
+            rows = [r for r in csv.DictReader(handle)
+                    if str(r.get("epoch", "")).isdigit() and int(r["epoch"]) < int(row["epoch"])]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows + [row])
+    write_text(path, text.getvalue())
 
 
 def _fmt(value) -> str:
@@ -287,21 +314,31 @@ def run(args) -> int:
     from .evaluate import evaluate_sequences, h36m_flip_symmetry, mean_pose_baseline
 
     set_threads(args.threads)
+    device = resolve_device(args.device)
+    if args.backend != "auto":
+        check_backend(args.backend, device.type)
     info = setup_distributed(args.device)
+    if args.batch_size % info.world_size:
+        raise UsageError(f"--batch-size: got {args.batch_size}, expected a multiple of the "
+                         f"{info.world_size} processes")
     checkpoint = load_checkpoint(args.resume) if args.resume else None
-    config = build_config(args, checkpoint["config"] if checkpoint else None)
+    config = build_config(args, model_config(checkpoint) if checkpoint else None)
     if checkpoint is not None:
         problems = config_differences(checkpoint["config"], config)
         if problems:
             raise CheckpointError(f"--resume {args.resume}: the command line asks for a different "
                                   "model than the checkpoint holds: " + "; ".join(problems))
+    problem = config_problem(config)
+    if problem:
+        raise UsageError(f"model options: {problem}")
     out_dir = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
                            else os.path.join("runs", args.preset or DEFAULT_PRESET))
+    check_writable(os.path.join(out_dir, "last.pt"), "--out")
 
     # -- data (rank 0 writes synthetic files; everyone waits)
     if args.synthetic:
         if args.keypoints != "gt":
-            raise ValueError(f"--keypoints: got {args.keypoints!r} with --synthetic, expected 'gt'")
+            raise UsageError(f"--keypoints: got {args.keypoints!r} with --synthetic, expected 'gt'")
         if info.is_main:
             ensure_synthetic(args.data_dir, args.synthetic_frames, args.seed)
         if info.distributed:
@@ -316,7 +353,7 @@ def run(args) -> int:
     if info.is_main and not args.no_eval:
         test_seqs, _ = h36m_sequences(args.data_dir, args.keypoints, args.test_subjects or "test", args.actions)
     if train_seqs[0].inputs_2d.shape[1] != config["num_joints"]:
-        raise ValueError(f"--data-dir: the data has {train_seqs[0].inputs_2d.shape[1]} joints, "
+        raise UsageError(f"--data-dir: the data has {train_seqs[0].inputs_2d.shape[1]} joints, "
                          f"the model num_joints={config['num_joints']}")
 
     # -- model, optimiser, schedule (same seed on every rank: identical initial weights)
@@ -330,17 +367,24 @@ def run(args) -> int:
         load_model_weights(model, checkpoint)
         for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
             if obj is not None and name in checkpoint:
-                obj.load_state_dict(checkpoint[name])
+                try:
+                    obj.load_state_dict(checkpoint[name])
+                except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+                    raise CheckpointError(f"{args.resume}: key {name!r} does not fit this run's "
+                                          f"{type(obj).__name__} ({type(exc).__name__}: {exc})") from exc
         start_epoch = int(checkpoint.get("epoch", 0))
-        best = float(checkpoint.get("metrics", {}).get("best_test_mpjpe_mm", math.inf))
+        best = checkpoint.get("metrics", {}).get("best_test_mpjpe_mm", math.inf)
+        best = float(best) if isinstance(best, (int, float)) else math.inf
     ddp_model = wrap_model(model, info)
     loader = make_loader(train_set, args.batch_size, info, shuffle=True, seed=args.seed, workers=args.workers)
 
     writer = None
     flip = None if args.no_test_flip else h36m_flip_symmetry(metadata)
+    nothing_to_train = start_epoch >= args.epochs
     if info.is_main:
-        os.makedirs(out_dir, exist_ok=True)
-        writer = _tensorboard(out_dir, not args.no_tensorboard)
+        if not nothing_to_train:
+            make_folder(out_dir, "--out: cannot create the run folder")
+            writer = _tensorboard(out_dir, not args.no_tensorboard)
         params = sum(p.numel() for p in model.parameters())
         print(f"train: {len(train_seqs)} sequences, {len(train_set)} windows (T={config['num_frames']}, "
               f"flip {'off' if args.no_flip else 'on'}); test: {len(test_seqs)} sequences; "
@@ -350,8 +394,21 @@ def run(args) -> int:
             baseline = mean_pose_baseline(train_seqs, test_seqs)["mpjpe"]["Average"]
             print(f"mean-pose baseline (predict the training mean pose): test MPJPE {baseline:.1f} mm",
                   flush=True)
-    if start_epoch >= args.epochs and info.is_main:
-        print(f"checkpoint {args.resume} already finished {start_epoch} of {args.epochs} epochs")
+    if nothing_to_train:  # --epochs 0, or a finished checkpoint: evaluate, write nothing
+        if info.is_main:
+            why = (f"{args.resume} finished {start_epoch} of --epochs {args.epochs}" if checkpoint is not None
+                   else f"--epochs {args.epochs}")
+            print(f"nothing to train ({why}): evaluating the model as it stands; no file is written",
+                  flush=True)
+            if test_seqs:
+                result = evaluate_sequences(model, test_seqs, stride=args.eval_stride, flip_symmetry=flip,
+                                            batch_size=args.eval_batch_size)
+                mpjve = result["mpjve"]["Average"] if result["mpjve"] else None
+                print(f"epoch {start_epoch}  test MPJPE {_fmt(result['mpjpe']['Average'])}  "
+                      f"P-MPJPE {_fmt(result['p_mpjpe']['Average'])}  MPJVE {_fmt(mpjve)} mm", flush=True)
+        if info.distributed:
+            dist.destroy_process_group()
+        return 0
 
     progress = not args.no_progress
     for epoch in range(start_epoch, args.epochs):
@@ -391,9 +448,10 @@ def run(args) -> int:
                 writer.add_scalar("lr", lr, epoch + 1)
             state = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                          epoch=epoch + 1, metrics=epoch_metrics, args=_plain(vars(args)))
-            save_checkpoint(os.path.join(out_dir, "last.pt"), **state)
             if improved:
                 save_checkpoint(os.path.join(out_dir, "best.pt"), **state)
+            # last: once last.pt holds an epoch, so do the log and best.pt
+            save_checkpoint(os.path.join(out_dir, "last.pt"), **state)
             mpjve = result["mpjve"]["Average"] if result and result["mpjve"] else None
             print(f"epoch {epoch + 1}/{args.epochs}  lr {lr:.3g}  train MPJPE {train_mm:.1f} mm  "
                   f"test MPJPE {_fmt(test_mm)}  P-MPJPE {_fmt(result['p_mpjpe']['Average'] if result else None)}  "

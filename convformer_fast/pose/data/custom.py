@@ -15,11 +15,13 @@ expected); :func:`write_custom_2d` writes one, e.g. for tests and demos.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Mapping
 
 import numpy as np
 
+from ...atomic import atomic_open
 from .formats import DatasetFormatError, check_array, check_mapping, check_metadata, load_npz
 
 __all__ = ["COCO_KEYPOINTS_SYMMETRY", "load_custom_2d", "write_custom_2d"]
@@ -70,11 +72,20 @@ def load_custom_2d(path) -> tuple[dict[str, dict], dict]:
             raise DatasetFormatError(path, f"metadata['video_metadata'][{name!r}]", "missing or incomplete",
                                      "{'w': width, 'h': height} in pixels for every video")
         w, h = sizes[name]["w"], sizes[name]["h"]
-        if not (np.isscalar(w) and np.isscalar(h)) or w <= 0 or h <= 0:
+        if not (_is_size(w) and _is_size(h)):
             raise DatasetFormatError(path, f"metadata['video_metadata'][{name!r}]", f"got w={w!r}, h={h!r}",
                                      "positive image width and height in pixels")
-        videos[name] = {"keypoints": np.asarray(kp, dtype=np.float32), "w": int(w), "h": int(h)}
+        with np.errstate(over="ignore"):  # beyond float32: infinite, so treated as missed
+            keypoints = np.asarray(kp, dtype=np.float32)
+        videos[name] = {"keypoints": keypoints, "w": int(w), "h": int(h)}
     return videos, metadata
+
+
+def _is_size(value) -> bool:
+    """A positive, finite image size in pixels (an int or a float; not a bool)."""
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_, np.timedelta64))
+            and math.isfinite(float(value)) and 0 < value < 2**31)
 
 
 def write_custom_2d(path, videos: Mapping[str, tuple], layout_name: str = "coco") -> str:
@@ -93,6 +104,6 @@ def write_custom_2d(path, videos: Mapping[str, tuple], layout_name: str = "coco"
         sizes[name] = {"w": int(w), "h": int(h)}
     metadata = {"layout_name": layout_name, "num_joints": 17, "keypoints_symmetry": symmetry,
                 "video_metadata": sizes}
-    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
-    np.savez_compressed(path, positions_2d=positions, metadata=metadata)
+    with atomic_open(path) as handle:
+        np.savez_compressed(handle, positions_2d=positions, metadata=metadata)
     return os.fspath(path)

@@ -41,6 +41,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ...atomic import atomic_open
 from .camera import Camera, normalize_screen_coordinates, quaternion_to_matrix
 from .synthetic import look_at_camera, project_sequence
 from .windows import PoseSequence
@@ -247,8 +248,8 @@ def write_deepmimic_npz(out_path: str = DEFAULT_PATH, data_dir: Optional[str] = 
         arrays[f"{name}/camera"] = np.concatenate([
             camera.orientation, camera.translation_m, camera.focal_length, camera.center,
             [camera.res_w, camera.res_h]])
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    np.savez_compressed(out_path, **arrays)
+    with atomic_open(out_path) as handle:
+        np.savez_compressed(handle, **arrays)
     return out_path
 
 

@@ -1,31 +1,63 @@
-"""File-format checking shared by the dataset loaders.
+"""File-format checking shared by the dataset loaders, and the one reader of ``.npy`` and
+``.npz`` files.
 
-Every loader reports a missing or malformed file with
-:class:`DatasetFormatError`, whose message names the file, the key (a path
-into the pickled structure such as ``positions_2d['S1']['Walking'][0]``) and
-what was expected.
+Every loader reports a missing or malformed file with :class:`DatasetFormatError`, whose
+message names the file, the key (a path into the pickled structure such as
+``positions_2d['S1']['Walking'][0]``) and what was expected.
+
+Reading without trusting the file (:func:`read_npy`, :func:`load_npz`): ``np.load`` with
+``allow_pickle=True`` runs whatever a pickle asks for, allocates whatever shape a header
+declares and inflates whatever a zip member holds. Here instead
+
+* every array's declared size is checked against the bytes that hold it before anything
+  is allocated, and a member may declare at most :data:`MAX_ARRAY_BYTES` uncompressed
+  (a zip bomb or a header that declares 10^15 elements is refused, not attempted);
+* each ``.npz`` member is read through :mod:`zipfile`, which checks its CRC32;
+* the pickled dicts of the VideoPose3D formats are read by :class:`_ArrayUnpickler`,
+  which builds dicts, lists, tuples, strings, numbers and numpy arrays/scalars and
+  refuses every other global (no code runs; a crafted array header inside the pickle is
+  checked by numpy against its data), after :mod:`pickletools` has parsed the whole
+  stream (a length prefix longer than the data, or a memo index far beyond the opcodes,
+  fails there instead of being allocated).
+  A ``.npy`` of keypoints is never unpickled at all.
+
+Any failure to read becomes a DatasetFormatError naming the file.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import pickletools
+import warnings
+import zipfile
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from ...errors import UserError
+
 __all__ = [
+    "MAX_ARRAY_BYTES",
     "DatasetFormatError",
+    "read_npy",
     "load_npz",
     "unpickle_entry",
     "check_array",
+    "finite_float32",
     "check_mapping",
     "check_metadata",
     "read_positions_3d",
     "read_positions_2d",
 ]
 
+#: The most bytes one ``.npy`` file or ``.npz`` member may hold uncompressed (the whole
+#: Human3.6M 3D file holds about 0.4 GB); CONVFORMER_FAST_MAX_ARRAY_BYTES overrides it.
+MAX_ARRAY_BYTES = int(os.environ.get("CONVFORMER_FAST_MAX_ARRAY_BYTES", 4 << 30))
 
-class DatasetFormatError(ValueError):
+
+class DatasetFormatError(UserError):
     """A dataset file is missing or does not have the expected layout.
 
     Attributes:
@@ -43,8 +75,189 @@ class DatasetFormatError(ValueError):
         super().__init__(f"{where}: {problem}; expected {expected}")
 
 
+# ---------------------------------------------------------------------------------------
+# Reading .npy / .npz without trusting them
+# ---------------------------------------------------------------------------------------
+
+class _NdarrayToken:
+    """Stands for ``numpy.ndarray`` inside a pickle: numpy's own pickles only pass it to
+    ``_reconstruct``; calling it (``ndarray(shape)`` would allocate any shape) is refused."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("numpy.ndarray called directly (only numpy's "
+                                     "_reconstruct may use it)")
+
+
+def _reconstruct(subtype, shape, dtype):
+    """numpy's ``_reconstruct``: always an empty array, sized later by ``__setstate__``
+    (which checks the data against the shape)."""
+    if subtype is not _NdarrayToken:
+        raise pickle.UnpicklingError(f"_reconstruct of {subtype!r}, expected numpy.ndarray")
+    return np.ndarray.__new__(np.ndarray, (0,), np.uint8)
+
+
+def _scalar(dtype, data=None):
+    """numpy's ``scalar``: a numpy scalar from its raw bytes (checked against the dtype)."""
+    if not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError(f"scalar of {type(dtype).__name__}, expected a dtype")
+    if dtype.hasobject:
+        return data
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise pickle.UnpicklingError(f"scalar of dtype {dtype} from {type(data).__name__} data")
+    return np.frombuffer(data, dtype=dtype)[0]
+
+
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"): _NdarrayToken,
+    ("numpy", "dtype"): np.dtype,
+    **{(module, "_reconstruct"): _reconstruct
+       for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(module, "scalar"): _scalar for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Builds only containers, strings, numbers and numpy arrays / scalars / dtypes."""
+
+    def find_class(self, module, name):
+        try:
+            return _PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name} (only numpy arrays, "
+                                         "dicts, lists and numbers are read)") from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refused a persistent id")
+
+
+_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+def _check_pickle(stream) -> None:
+    """Parse a pickle without running it, refusing what would make the C unpickler allocate
+    far more than the stream holds: it allocates the size a length prefix declares before
+    reading (pickletools reads only what is there and fails on a prefix that is too long),
+    and grows its memo table to the largest index stored into it (``LONG_BINPUT
+    2147483647`` means a 16 GB table), so an index may not exceed the opcodes seen so far."""
+    for count, (opcode, arg, _) in enumerate(pickletools.genops(stream)):
+        if opcode.name in _MEMO_PUTS and not 0 <= int(arg) <= count:
+            raise pickle.UnpicklingError(f"memo index {arg} at opcode {count} (a pickle stores at "
+                                         "most one memo entry per opcode)")
+
+
+def _array_from_npy_bytes(buffer, path, key: Optional[str], description: str,
+                          allow_objects: bool) -> np.ndarray:
+    """Parse one ``.npy`` image held in ``buffer`` (a bytearray: the array shares it)."""
+    view = memoryview(buffer)
+    head = io.BytesIO(bytes(view[:min(len(view), 65536 + 16)]))
+    try:
+        with warnings.catch_warnings():  # numpy's notes on Python 2 headers, odd escapes
+            warnings.simplefilter("ignore")
+            version = np.lib.format.read_magic(head)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(head)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(head)
+            else:
+                raise ValueError(f".npy format version {version} is not read here (1.0 and 2.0 are)")
+    except Exception as exc:
+        raise DatasetFormatError(path, key, f"not a NumPy array: {_reason(exc)}", description) from None
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise DatasetFormatError(path, key, f"its header declares shape {shape}", description)
+    data = view[head.tell():]
+    count = int(np.prod(shape, dtype=object))
+    if dtype.hasobject:
+        if not allow_objects:
+            raise DatasetFormatError(path, key, "holds pickled Python objects (dtype object), which "
+                                     "are not loaded", description)
+        try:
+            stream = io.BytesIO(data)
+            with warnings.catch_warnings():  # deprecation notes on odd escapes and dtype arguments
+                warnings.simplefilter("ignore")
+                _check_pickle(stream)
+                stream.seek(0)
+                array = _ArrayUnpickler(stream).load()
+        except MemoryError:
+            raise DatasetFormatError(path, key, "its pickle does not fit in memory", description) from None
+        except Exception as exc:  # a damaged or foreign pickle
+            raise DatasetFormatError(path, key, f"unreadable pickle: {_reason(exc)}", description) from None
+        if not isinstance(array, np.ndarray) or array.shape != shape:
+            raise DatasetFormatError(path, key, f"its pickle holds a {type(array).__name__}, not the "
+                                     f"declared array of shape {shape}", description)
+        return array
+    needed = count * dtype.itemsize
+    if needed != len(data):
+        raise DatasetFormatError(path, key, f"its header declares {shape} {dtype} ({needed} bytes) but "
+                                 f"{len(data)} bytes follow (truncated or damaged)", description)
+    array = np.frombuffer(data, dtype=dtype, count=count)
+    return array.reshape(shape[::-1]).transpose() if fortran_order else array.reshape(shape)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _check_file(path, description: str) -> int:
+    """The size of ``path``, or a DatasetFormatError when it is not a readable file."""
+    if os.path.isdir(path):
+        raise DatasetFormatError(path, None, "is a directory", description)
+    if not os.path.isfile(path):
+        raise DatasetFormatError(path, None, "file not found", description)
+    size = os.path.getsize(path)
+    if size == 0:
+        raise DatasetFormatError(path, None, "the file is empty (0 bytes)", description)
+    return size
+
+
+def read_npy(path, description: str = "a NumPy .npy array") -> np.ndarray:
+    """Read a ``.npy`` file of numbers (never a pickle); the sizes are checked before reading.
+
+    Raises:
+        DatasetFormatError: a missing, empty, truncated, foreign or pickled file, naming it.
+    """
+    path = os.fspath(path)
+    size = _check_file(path, description)
+    if size > MAX_ARRAY_BYTES + 65536:
+        raise DatasetFormatError(path, None, f"{size} bytes, more than the {MAX_ARRAY_BYTES} read "
+                                 "(CONVFORMER_FAST_MAX_ARRAY_BYTES)", description)
+    try:
+        with open(path, "rb") as handle:
+            buffer = bytearray(size)
+            handle.readinto(buffer)
+    except OSError as exc:
+        raise DatasetFormatError(path, None, f"cannot be read ({exc.strerror or exc})", description) from None
+    if buffer.startswith(b"PK"):
+        raise DatasetFormatError(path, None, "a zip archive (an .npz?), not a single .npy array",
+                                 description)
+    return _array_from_npy_bytes(buffer, path, None, description, allow_objects=False)
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path, key: str,
+                 description: str) -> Any:
+    if info.file_size > MAX_ARRAY_BYTES:
+        raise DatasetFormatError(path, key, f"declares {info.file_size} bytes uncompressed, more than "
+                                 f"the {MAX_ARRAY_BYTES} read (a zip bomb? CONVFORMER_FAST_MAX_ARRAY_BYTES "
+                                 "raises the limit)", description)
+    try:
+        # Grown as the data arrives (not allocated at the declared size, which may lie); zipfile
+        # never inflates past the declared size and checks the CRC32 when it reaches the end.
+        buffer = bytearray()
+        with archive.open(info) as member:
+            while chunk := member.read(1 << 20):
+                buffer += chunk
+        if len(buffer) != info.file_size:
+            raise ValueError(f"{len(buffer)} bytes, the zip directory says {info.file_size}")
+    except MemoryError:
+        raise DatasetFormatError(path, key, f"{info.file_size} bytes do not fit in memory", description) from None
+    except Exception as exc:  # BadZipFile (CRC), zlib.error, EOFError, encryption, ...
+        raise DatasetFormatError(path, key, f"damaged zip member: {_reason(exc)}", description) from None
+    return unpickle_entry(_array_from_npy_bytes(buffer, path, key, description, allow_objects=True))
+
+
 def load_npz(path, required_keys: Iterable[str], description: str) -> dict[str, Any]:
-    """Open a ``.npz`` file (pickles allowed) and check its top-level keys.
+    """Open a ``.npz`` file (pickled dicts read safely, see the module docstring) and check
+    its top-level keys.
 
     Args:
         path: file to read.
@@ -57,40 +270,32 @@ def load_npz(path, required_keys: Iterable[str], description: str) -> dict[str, 
         pickled dicts, are returned unwrapped with ``.item()``).
 
     Raises:
-        DatasetFormatError: the file is missing, unreadable, or lacks a key.
+        DatasetFormatError: the file is missing, unreadable, damaged, too large, or
+        lacks a key.
     """
     path = os.fspath(path)
     required = list(required_keys)
     keys_text = ", ".join(repr(k) for k in required)
-    if not os.path.isfile(path):
-        raise DatasetFormatError(path, None, "file not found",
-                                 f"{description} (.npz with keys {keys_text})")
+    expected = f"{description} (.npz with keys {keys_text})"
+    _check_file(path, expected)
     try:
-        loaded = np.load(path, allow_pickle=True)
-    except Exception as exc:  # a bad zip, a non-numpy file, a truncated pickle, ...
-        raise DatasetFormatError(path, None, f"cannot be read as .npz ({type(exc).__name__}: {exc})",
-                                 f"{description} (.npz with keys {keys_text})") from exc
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise DatasetFormatError(path, None, f"holds a single {type(loaded).__name__}, not an .npz archive",
-                                 f"{description} (.npz with keys {keys_text})")
-    try:
-        with loaded as npz:
-            present = list(npz.files)
-            missing = [k for k in required if k not in present]
-            if missing:
-                raise DatasetFormatError(
-                    path, repr(missing[0]), f"key missing (file has {present})",
-                    f"{description} with keys {keys_text}")
-            out = {}
-            for k in present:
-                value = npz[k]
-                out[k] = unpickle_entry(value)
-            return out
-    except DatasetFormatError:
-        raise
-    except Exception as exc:  # corrupt member or pickle inside the archive
-        raise DatasetFormatError(path, None, f"cannot be read as .npz ({type(exc).__name__}: {exc})",
-                                 f"{description} (.npz with keys {keys_text})") from exc
+        archive = zipfile.ZipFile(path)
+    except Exception as exc:  # BadZipFile, a damaged directory, ...
+        with open(path, "rb") as handle:
+            head = handle.read(6)
+        what = ("a single .npy array, not an .npz archive" if head == b"\x93NUMPY"
+                else f"not a zip archive ({_reason(exc)})")
+        raise DatasetFormatError(path, None, what, expected) from None
+    with archive:
+        members = {}
+        for info in archive.infolist():
+            members[info.filename[:-4] if info.filename.endswith(".npy") else info.filename] = info
+        missing = [k for k in required if k not in members]
+        if missing:
+            raise DatasetFormatError(path, repr(missing[0]), f"key missing (file has {sorted(members)})",
+                                     f"{description} with keys {keys_text}")
+        return {key: _read_member(archive, info, path, repr(key), expected)
+                for key, info in members.items()}
 
 
 def unpickle_entry(value):
@@ -108,7 +313,7 @@ def check_array(path, key: str, value, *, ndim: int, last: Optional[int] = None,
         path: the file (for the error message).
         key: the key path (for the error message).
         value: the object to check.
-        ndim: required number of dimensions.
+        ndim: required number of dimensions (the first counts frames: at least one).
         last: required size of the last dimension, if any.
         joints: allowed sizes of the second-to-last (joint) dimension, if any.
         what: description of the expected array, e.g. ``"(frames, 17, 2) pixels"``.
@@ -121,12 +326,12 @@ def check_array(path, key: str, value, *, ndim: int, last: Optional[int] = None,
     """
     expected = f"an array {what}".strip()
     if not isinstance(value, np.ndarray):
+        if not isinstance(value, (list, tuple)):
+            raise DatasetFormatError(path, key, f"got {type(value).__name__}", expected)
         try:
             value = np.asarray(value)
-        except Exception:  # pragma: no cover - exotic objects
-            value = None
-        if value is None or value.dtype == object:
-            raise DatasetFormatError(path, key, f"got {type(value).__name__}", expected)
+        except Exception:  # ragged nesting
+            raise DatasetFormatError(path, key, "got a ragged nested list", expected) from None
     if value.dtype.kind not in "fiu":
         raise DatasetFormatError(path, key, f"got dtype {value.dtype}", expected)
     if value.ndim != ndim:
@@ -138,15 +343,36 @@ def check_array(path, key: str, value, *, ndim: int, last: Optional[int] = None,
         if value.shape[-2] not in allowed:
             raise DatasetFormatError(path, key, f"got shape {value.shape} "
                                      f"({value.shape[-2]} joints)", expected)
+    if value.shape[0] == 0:
+        raise DatasetFormatError(path, key, f"got shape {value.shape} (no frame)", expected)
     return value
 
 
+def finite_float32(path, key: str, value: np.ndarray, what: str) -> np.ndarray:
+    """``value`` as a contiguous float32 array, refusing NaN and infinite entries (also those
+    that only the cast to float32 makes infinite), naming the first."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(value, dtype=np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DatasetFormatError(path, key, f"got {int(bad.sum())} NaN or infinite values (the first "
+                                 f"at index {first}; float32 holds up to 3.4e38)",
+                                 f"an array {what} of finite numbers")
+    return out
+
+
 def check_mapping(path, key: str, value, expected: str) -> dict:
-    """Check that ``value`` is a non-empty dict; return it."""
+    """Check that ``value`` is a non-empty dict with string keys (every dict of these
+    formats is keyed by names); return it."""
     if not isinstance(value, dict):
         raise DatasetFormatError(path, key, f"got {type(value).__name__}", expected)
     if not value:
         raise DatasetFormatError(path, key, "got an empty dict", expected)
+    odd = next((k for k in value if not isinstance(k, str)), None)
+    if odd is not None:
+        raise DatasetFormatError(path, key, f"got a key {odd!r} of type {type(odd).__name__}",
+                                 f"{expected}, keyed by names (str)")
     return value
 
 
@@ -166,14 +392,17 @@ def check_metadata(path, metadata) -> dict:
     for k in ("layout_name", "num_joints", "keypoints_symmetry"):
         if k not in metadata:
             raise DatasetFormatError(path, f"metadata[{k!r}]", "key missing", expected)
+    if not isinstance(metadata["layout_name"], str):
+        raise DatasetFormatError(path, "metadata['layout_name']", f"got {_short(metadata['layout_name'])}",
+                                 "the name of the joint layout (a str such as 'h36m' or 'coco')")
     num = metadata["num_joints"]
     if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num <= 0:
         raise DatasetFormatError(path, "metadata['num_joints']", f"got {num!r}",
                                  "a positive joint count")
     sym = metadata["keypoints_symmetry"]
     try:
-        left, right = (list(int(i) for i in side) for side in sym)
-    except (TypeError, ValueError):
+        left, right = (list(_index(i) for i in side) for side in sym)
+    except (TypeError, ValueError, OverflowError):
         raise DatasetFormatError(path, "metadata['keypoints_symmetry']", f"got {sym!r}",
                                  "[left joint indices, right joint indices]") from None
     if len(left) != len(right):
@@ -184,6 +413,19 @@ def check_metadata(path, metadata) -> dict:
         raise DatasetFormatError(path, "metadata['keypoints_symmetry']",
                                  f"got indices outside 0..{int(num) - 1}", "valid joint indices")
     return dict(metadata, keypoints_symmetry=[left, right], num_joints=int(num))
+
+
+def _short(value) -> str:
+    """A value for an error message: its type, and its repr when that is short."""
+    text = repr(value)
+    return f"{type(value).__name__} {text}" if len(text) <= 60 else f"a {type(value).__name__}"
+
+
+def _index(value) -> int:
+    """An integer joint index (an int or an integral float such as 3.0; not a bool)."""
+    if isinstance(value, (bool, np.bool_, complex, np.complexfloating)) or float(value) != int(value):
+        raise ValueError(f"{value!r} is not an integer index")
+    return int(value)
 
 
 def _missing_subjects(path, key: str, wanted, found, available):
@@ -233,9 +475,10 @@ def read_positions_3d(path, description: str, joints: Sequence[int],
         check_mapping(path, key, actions, f"a dict action -> (frames, {jtext}, 3) array")
         out[subject] = {}
         for action, positions in actions.items():
+            what = f"(frames, {jtext}, 3) in metres"
             arr = check_array(path, f"{key}[{action!r}]", positions, ndim=3, last=3,
-                              joints=joints, what=f"(frames, {jtext}, 3) in metres")
-            out[subject][action] = np.ascontiguousarray(arr, dtype=np.float32)
+                              joints=joints, what=what)
+            out[subject][action] = finite_float32(path, f"{key}[{action!r}]", arr, what)
     if wanted is not None:
         _missing_subjects(path, "positions_3d", wanted, out, data)
     return out
@@ -292,7 +535,7 @@ def read_positions_2d(path, description: str, num_cameras: Optional[int] = None,
                 if arr.shape[-1] not in (2, 3):
                     raise DatasetFormatError(path, ckey, f"got shape {arr.shape}",
                                              f"an array (frames, {joints}, 2) in pixels")
-                arrays.append(np.ascontiguousarray(arr[..., :2], dtype=np.float32))
+                arrays.append(finite_float32(path, ckey, arr[..., :2], f"(frames, {joints}, 2) in pixels"))
             out[subject][action] = arrays
     if wanted is not None:
         _missing_subjects(path, "positions_2d", wanted, out, data)

@@ -222,6 +222,11 @@ def load_h36m(path_3d, path_2d, subjects: Union[str, Iterable[str], None] = None
                 sequences.append(PoseSequence(
                     subject=subject, action=action, camera=c, inputs_2d=inputs,
                     target_3d=target, trajectory=trajectory, res_w=cam.res_w, res_h=cam.res_h))
+    if not sequences:  # every action filtered out
+        found = sorted({a for subject in poses_3d.values() for a in subject})
+        wanted = actions if actions is None else list(actions)
+        raise DatasetFormatError(path_3d, "'positions_3d'", f"no action selected by actions={wanted}",
+                                 f"at least one of them (file has actions {found[:20]})")
     return sequences, metadata
 
 

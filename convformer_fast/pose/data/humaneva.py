@@ -144,6 +144,11 @@ def load_humaneva(path_3d, path_2d, subjects: Union[str, Iterable[str], None] = 
                     inputs_2d=normalize_screen_coordinates(kp[:n], w=cam.res_w, h=cam.res_h),
                     target_3d=cam_pos - cam_pos[:, :1], trajectory=cam_pos[:, 0],
                     res_w=cam.res_w, res_h=cam.res_h))
+    if not sequences:  # every action filtered out
+        found = sorted({a for subject in poses_3d.values() for a in subject})
+        wanted = actions if actions is None else list(actions)
+        raise DatasetFormatError(path_3d, "'positions_3d'", f"no action selected by actions={wanted}",
+                                 f"at least one of them (file has actions {found[:20]})")
     return sequences, metadata
 
 

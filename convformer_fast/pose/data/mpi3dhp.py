@@ -25,7 +25,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from .camera import normalize_screen_coordinates
-from .formats import DatasetFormatError, check_array, check_mapping, load_npz
+from .formats import DatasetFormatError, check_array, check_mapping, finite_float32, load_npz
 from .skeleton import MPI3DHP_17
 from .windows import PoseSequence, PoseWindowDataset
 
@@ -42,16 +42,23 @@ MPI3DHP_IMAGE_SIZES: dict[str, tuple[int, int]] = {
 _DESC = "an MPI-INF-3DHP test file (data_test_3dhp.npz)"
 
 
+def _first_integer(value) -> int:
+    """The first element of a number or array of real numbers, as an int."""
+    array = np.asarray(value).reshape(-1)
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"dtype {array.dtype}")
+    return int(array[0])
+
+
 def _image_size(path, key: str, entry: dict, seq: str) -> tuple[int, int]:
     for wk, hk in (("width", "height"), ("res_w", "res_h")):
         if wk in entry or hk in entry:
             try:
-                w = int(np.asarray(entry[wk]).reshape(-1)[0])
-                h = int(np.asarray(entry[hk]).reshape(-1)[0])
-            except (KeyError, TypeError, ValueError, IndexError):
+                w, h = (_first_integer(entry[k]) for k in (wk, hk))
+            except (KeyError, TypeError, ValueError, IndexError, OverflowError):
                 raise DatasetFormatError(path, f"{key}[{wk!r}]/[{hk!r}]", "incomplete or non-numeric",
                                          "both image width and height in pixels") from None
-            if w <= 0 or h <= 0:
+            if not (0 < w < 2**31 and 0 < h < 2**31):
                 raise DatasetFormatError(path, f"{key}[{wk!r}]", f"got {w}x{h}",
                                          "a positive image size in pixels")
             return w, h
@@ -59,6 +66,12 @@ def _image_size(path, key: str, entry: dict, seq: str) -> tuple[int, int]:
         return MPI3DHP_IMAGE_SIZES[seq]
     raise DatasetFormatError(path, f"{key}['width']", "key missing",
                              "'width' and 'height' for sequences other than TS1..TS6")
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape}, dtype {value.dtype}"
+    return f"a {type(value).__name__}"
 
 
 def load_mpi3dhp_test(path, sequences: Optional[Iterable[str]] = None,
@@ -100,24 +113,36 @@ def load_mpi3dhp_test(path, sequences: Optional[Iterable[str]] = None,
                                          "a dict with 'data_2d', 'data_3d' and 'valid'")
         kp = check_array(path, f"{key}['data_2d']", entry["data_2d"], ndim=3, last=2,
                          joints=(17,), what="(frames, 17, 2) in pixels")
-        pose = np.asarray(entry["data_3d"])
-        if pose.ndim == 4 and pose.shape[1] == 1:
+        kp = finite_float32(path, f"{key}['data_2d']", kp, "(frames, 17, 2) in pixels")
+        pose = entry["data_3d"]
+        if isinstance(pose, np.ndarray) and pose.ndim == 4 and pose.shape[1] == 1:
             pose = pose[:, 0]
         pose = check_array(path, f"{key}['data_3d']", pose, ndim=3, last=3, joints=(17,),
                            what="(frames, 17, 3) in mm")
-        valid = np.asarray(entry["valid"]).reshape(-1)
-        if valid.dtype.kind not in "biuf" or valid.shape[0] != kp.shape[0] or pose.shape[0] != kp.shape[0]:
+        valid = entry["valid"]
+        if not isinstance(valid, np.ndarray) or valid.dtype.kind not in "biuf":
+            raise DatasetFormatError(path, f"{key}['valid']", f"got {_describe(valid)}",
+                                     "a boolean (or 0/1) array with one entry per frame")
+        valid = valid.reshape(-1)
+        if valid.shape[0] != kp.shape[0] or pose.shape[0] != kp.shape[0]:
             raise DatasetFormatError(
                 path, f"{key}['valid']",
                 f"got data_2d {kp.shape[0]}, data_3d {pose.shape[0]}, valid {valid.shape[0]} frames",
                 "the same frame count in data_2d, data_3d and a boolean valid mask")
+        valid = valid.astype(bool)
+        if not valid.any():
+            raise DatasetFormatError(path, f"{key}['valid']", "no frame is valid",
+                                     "at least one annotated frame to evaluate")
+        # Only annotated frames are evaluated: the others' 3D may be anything.
+        finite_float32(path, f"{key}['data_3d']", pose[valid], "(frames, 17, 3) in mm on valid frames")
         w, h = _image_size(path, key, entry, seq)
-        cam_pos = pose.astype(np.float64) * scale
+        with np.errstate(over="ignore", invalid="ignore"):
+            cam_pos = pose.astype(np.float64) * scale
         out.append(PoseSequence(
             subject=seq, action=seq, camera=0,
-            inputs_2d=normalize_screen_coordinates(kp.astype(np.float32), w=w, h=h),
+            inputs_2d=normalize_screen_coordinates(kp, w=w, h=h),
             target_3d=cam_pos - cam_pos[:, root:root + 1], trajectory=cam_pos[:, root],
-            valid=valid.astype(bool), res_w=w, res_h=h))
+            valid=valid, res_w=w, res_h=h))
     return out
 
 

@@ -25,6 +25,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from ...atomic import atomic_open
 from .camera import Camera, H36M_EXTRINSICS, h36m_cameras
 from .skeleton import H36M_17, H36M_32, H36M_KEEP_JOINTS
 
@@ -461,6 +462,8 @@ def write_synthetic_h36m(out_dir, subjects: Iterable[str] = SYNTHETIC_SUBJECTS,
     }
     path_3d = os.path.join(out_dir, "data_3d_h36m.npz")
     path_2d = os.path.join(out_dir, "data_2d_h36m_gt.npz")
-    np.savez_compressed(path_3d, positions_3d=positions_3d)
-    np.savez_compressed(path_2d, positions_2d=positions_2d, metadata=metadata)
+    with atomic_open(path_3d) as handle:
+        np.savez_compressed(handle, positions_3d=positions_3d)
+    with atomic_open(path_2d) as handle:
+        np.savez_compressed(handle, positions_2d=positions_2d, metadata=metadata)
     return path_3d, path_2d
