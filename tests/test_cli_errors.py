@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from convformer_fast import ConvFormerFast
-from convformer_fast.cli import app, main
+from convformer_fast.cli import app
+from convformer_fast.cli.app import main
 from convformer_fast.pose.checkpoint import save_checkpoint
 from convformer_fast.pose.data import write_synthetic_h36m
 
@@ -285,7 +286,7 @@ def test_internal_bug_exits_1_with_traceback_and_user_error_exits_2_in_a_process
                   "sys.exit(app.main(['info']))")
     _, err = bug.communicate(timeout=300)
     assert bug.returncode == 1 and b"Traceback" in err and b"ZeroDivisionError" in err
-    user = _python("import sys; from convformer_fast.cli import main; "
+    user = _python("import sys; from convformer_fast.cli.app import main; "
                    "sys.exit(main(['infer', '--keypoints', 'none.npy', '--checkpoint', 'none.pt', "
                    "'--out', 'o.npy', '--normalized']))")
     _, err = user.communicate(timeout=300)
@@ -294,7 +295,7 @@ def test_internal_bug_exits_1_with_traceback_and_user_error_exits_2_in_a_process
 
 def test_closed_stdout_ends_quietly():
     """`convformer-fast info | head -0`: the reader is gone before the output is flushed."""
-    process = _python("import sys; from convformer_fast.cli import main; sys.exit(main(['info']))")
+    process = _python("import sys; from convformer_fast.cli.app import main; sys.exit(main(['info']))")
     process.stdout.close()
     _, err = process.communicate(timeout=300)
     assert process.returncode == app.EXIT_BROKEN_PIPE, err

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from convformer_fast.cli import main
+from convformer_fast.cli.app import main
 from convformer_fast.pose.checkpoint import load_checkpoint
 from convformer_fast.pose.data import write_synthetic_h36m
 
