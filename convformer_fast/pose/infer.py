@@ -14,6 +14,18 @@ time (:mod:`convformer_fast.pose.keypoints`); a joint never detected is rejected
 length works: every frame gets its own edge-padded T-frame window, windows are batched,
 and the spatial ConvFormer runs once per frame (:mod:`convformer_fast.pose.lifting`).
 
+Streaming (``--stream``, real time, :mod:`convformer_fast.pose.stream`): the frames are
+lifted one by one as they arrive, from the file played at ``--fps`` (``--unpaced``: back to
+back) or from stdin with ``--keypoints -`` (one JSON array ``[[x, y], ...]`` or ``[[x, y,
+confidence], ...]`` per line, so a detector can pipe into it). Poses are written as they
+come (``--out -``: JSON lines ``{"frame": i, "pose": [[x, y, z], ...]}`` on stdout;
+``.jsonl``: the same into a file; ``.npy``: at the end), with per-frame latency (median,
+p99) and sustained frames per second reported at the end. Missed keypoints hold their last
+detection (a stream has no future to interpolate from); a joint not seen yet is placed at
+the mean pose. A centre model answers frame ``i`` when frame ``i + T // 2`` arrives (the
+last ``T // 2`` frames at the end of the stream); a causal model (``train --target-frame
+last``) answers each frame at once. The poses equal the offline ones.
+
 Output: ``(frames, 17, 3)`` float32 root-relative camera-frame poses in metres (the root
 joint is 0), Human3.6M-17 order; ``.npy`` for one video, ``.npz`` (one key per video)
 for several. ``--render out.gif`` / ``out.mp4`` animates the 2D input beside the 3D
@@ -31,14 +43,15 @@ from .data.skeleton import H36M_17
 from .keypoints import prepare_keypoints
 from ..cli.args import add_runtime_arguments, resolve_device, set_threads
 
-__all__ = ["add_arguments", "load_videos", "run"]
+__all__ = ["add_arguments", "read_keypoint_files", "load_videos", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keypoints", required=True, help="2D keypoints: .npy (frames, 17, 2|3) or a "
-                        "VideoPose3D data_2d_custom_<name>.npz")
+                        "VideoPose3D data_2d_custom_<name>.npz; - (stdin) with --stream")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `convformer-fast train`")
-    parser.add_argument("--out", required=True, help="poses.npy (one video) or poses.npz (several)")
+    parser.add_argument("--out", required=True, help="poses.npy (one video) or poses.npz (several); with "
+                        "--stream: - (stdout), poses.jsonl or poses.npy")
     parser.add_argument("--video", nargs="+", default=None, help="videos of a custom .npz (default: all)")
     parser.add_argument("--layout", choices=("auto", "coco", "h36m"), default="auto",
                         help="joint order of the input (auto: the .npz metadata, COCO for .npy)")
@@ -52,12 +65,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto")
     add_runtime_arguments(parser)
     parser.add_argument("--render", default=None, help="also write an animation: out.gif or out.mp4")
-    parser.add_argument("--fps", type=float, default=50.0, help="frame rate of the video (for --render)")
+    parser.add_argument("--fps", type=float, default=50.0,
+                        help="frame rate of the video (for --render, and the rate --stream plays a file at)")
     parser.add_argument("--render-frames", type=int, default=None, help="render at most this many frames")
+    stream = parser.add_argument_group("streaming (real time, see convformer_fast.pose.stream)")
+    stream.add_argument("--stream", action="store_true",
+                        help="lift frame by frame as frames arrive: --keypoints file.npy|.npz is played at "
+                             "--fps, --keypoints - reads stdin (one JSON array [[x, y(, conf)], ...] per line); "
+                             "poses are written as they come (--out - for JSON lines on stdout, .jsonl, "
+                             "or .npy at the end); reports per-frame latency and sustained fps")
+    stream.add_argument("--unpaced", action="store_true",
+                        help="with --stream, play the file back to back instead of at --fps (throughput)")
 
 
-def load_videos(args) -> list[dict]:
-    """``[{'name', 'inputs' (F, 17, 2) normalised, 'pixels' or None, 'w', 'h', 'filled'}]``."""
+def read_keypoint_files(args) -> list[dict]:
+    """The selected videos as read: ``[{'name', 'keypoints' (F, 17, 2|3) as in the file,
+    'layout' ('coco'/'h36m'), 'w', 'h', 'normalized'}]`` (nothing filled or normalised)."""
     path = args.keypoints
     if path.endswith(".npz"):
         from .data.custom import load_custom_2d
@@ -70,26 +93,33 @@ def load_videos(args) -> list[dict]:
         unknown = [n for n in names if n not in videos]
         if unknown:
             raise ValueError(f"--video: {unknown} not in {path}, expected some of {sorted(videos)}")
-        entries = [(n, videos[n]["keypoints"], videos[n]["w"], videos[n]["h"], False) for n in names]
-    else:
-        if not os.path.isfile(path):
-            raise ValueError(f"--keypoints: {path} not found")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise ValueError(f"--keypoints: {path} cannot be read as a .npy array ({exc})") from exc
-        layout = "coco" if args.layout == "auto" else args.layout
-        if not args.normalized and (args.width is None or args.height is None):
-            raise ValueError("--width/--height: got none, expected the image size in pixels for .npy "
-                             "pixel keypoints (or pass --normalized)")
-        name = os.path.splitext(os.path.basename(path))[0]
-        entries = [(name, array, args.width, args.height, args.normalized)]
+        return [dict(name=n, keypoints=videos[n]["keypoints"], layout=layout, w=videos[n]["w"],
+                     h=videos[n]["h"], normalized=False) for n in names]
+    if not os.path.isfile(path):
+        raise ValueError(f"--keypoints: {path} not found")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ValueError(f"--keypoints: {path} cannot be read as a .npy array ({exc})") from exc
+    layout = "coco" if args.layout == "auto" else args.layout
+    if not args.normalized and (args.width is None or args.height is None):
+        raise ValueError("--width/--height: got none, expected the image size in pixels for .npy "
+                         "pixel keypoints (or pass --normalized)")
+    name = os.path.splitext(os.path.basename(path))[0]
+    return [dict(name=name, keypoints=array, layout=layout, w=args.width, h=args.height,
+                 normalized=args.normalized)]
+
+
+def load_videos(args) -> list[dict]:
+    """``[{'name', 'inputs' (F, 17, 2) normalised, 'pixels' or None, 'w', 'h', 'filled'}]``."""
     out = []
-    for name, kp, w, h, normalized in entries:
+    for video in read_keypoint_files(args):
+        name, w, h = video["name"], video["w"], video["h"]
         try:
-            inputs, info = prepare_keypoints(kp, layout, w, h, normalized, args.min_confidence)
+            inputs, info = prepare_keypoints(video["keypoints"], video["layout"], w, h, video["normalized"],
+                                             args.min_confidence)
         except ValueError as exc:
-            raise ValueError(f"{path} ({name}): {exc}") from None
+            raise ValueError(f"{args.keypoints} ({name}): {exc}") from None
         out.append(dict(name=name, inputs=inputs, pixels=info["pixels"], w=w, h=h, filled=info["filled"]))
     return out
 
@@ -100,6 +130,11 @@ def run(args) -> int:
     from .lifting import lift_sequence
 
     set_threads(args.threads)
+    if args.stream:
+        from .stream import run_stream
+        return run_stream(args)
+    if args.keypoints == "-":
+        raise ValueError("--keypoints: got '-' (stdin) without --stream, expected a file (or add --stream)")
     if not (args.out.endswith(".npy") or args.out.endswith(".npz")):
         raise ValueError(f"--out: got {args.out!r}, expected a .npy or .npz file")
     videos = load_videos(args)
@@ -117,7 +152,8 @@ def run(args) -> int:
         poses[:, H36M_17.root] = 0.0
         results[video["name"]] = poses
         note = f", {video['filled']} missed keypoints interpolated" if video["filled"] else ""
-        print(f"{video['name']}: {len(poses)} frames -> 3D (T={model.num_frames}{note})")
+        print(f"{video['name']}: {len(poses)} frames -> 3D (T={model.num_frames}, target frame "
+              f"{model.target_frame}{note})")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     if args.out.endswith(".npy"):
         np.save(args.out, next(iter(results.values())))
