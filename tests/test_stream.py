@@ -25,6 +25,7 @@ from convformer_fast.pose.checkpoint import CheckpointError, load_checkpoint, sa
 from convformer_fast.pose.data import PoseSequence, PoseWindowDataset, extract_window, window_indices
 from convformer_fast.pose.data import write_synthetic_h36m
 from convformer_fast.pose.data.skeleton import H36M_17
+from convformer_fast.pose import train as train_module
 from convformer_fast.pose.stream import mean_pose_h36m
 
 CONFIG = dict(num_frames=9, num_joints=17, embed_dim=8, num_heads=4, kernel_sizes=(3, 5),
@@ -318,8 +319,19 @@ def causal_run(tmp_path_factory):
     data = tmp_path_factory.mktemp("h36m")
     write_synthetic_h36m(data, subjects=["S1", "S9"], actions=["Walking"], num_frames=30)
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--data-dir", str(data), *TINY, "--target-frame", "last", "--epochs", "1",
-                 "--batch-size", "16", "--max-batches", "2", "--out", str(out)]) == 0
+    built = []
+
+    def spy(*args, **kwargs):  # the training windows themselves must be causal
+        built.append(PoseWindowDataset(*args, **kwargs))
+        return built[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "PoseWindowDataset", spy)
+        assert main(["train", "--data-dir", str(data), *TINY, "--target-frame", "last", "--epochs", "1",
+                     "--batch-size", "16", "--max-batches", "2", "--out", str(out)]) == 0
+    assert [d.target_frame for d in built] == ["last"]
+    inputs, target, _, _ = built[0][0]  # the first target frame: its window is frame 0 repeated
+    assert np.all(inputs == inputs[-1:])
     return data, out
 
 
@@ -408,12 +420,15 @@ def test_infer_stream_from_a_pipe_answers_before_the_stream_ends(files):
     before the next frame is written."""
     root, coco, _, causal = files
     expected = _offline(root, causal, "offline_pipe")
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the command flushes, not Python
+    env["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
     proc = subprocess.Popen(
         [sys.executable, "-m", "convformer_fast.cli", "infer", "--stream", "--keypoints", "-", "--checkpoint",
          str(causal), "--out", "-", "--width", "1000", "--height", "1000", "--min-confidence", "0.3",
          "--backend", "torch", "--threads", "1"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    watchdog = threading.Timer(180, proc.kill)  # a pose that never comes fails the test instead of hanging it
+    watchdog.start()
     try:
         rows = []
         for frame in coco:
@@ -422,6 +437,7 @@ def test_infer_stream_from_a_pipe_answers_before_the_stream_ends(files):
             rows.append(json.loads(proc.stdout.readline()))  # blocks until the pose is out
         rest, report = proc.communicate(timeout=120)  # closes stdin: the end of the stream
     finally:
+        watchdog.cancel()
         proc.kill()
     assert proc.returncode == 0, report
     assert rest.strip() == ""  # nothing left for the end: a causal model has no look-ahead
