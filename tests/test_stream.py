@@ -321,12 +321,13 @@ def causal_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     built = []
 
-    def spy(*args, **kwargs):  # the training windows themselves must be causal
-        built.append(PoseWindowDataset(*args, **kwargs))
-        return built[-1]
+    class Recorded(PoseWindowDataset):  # the training windows themselves must be causal
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_module, "PoseWindowDataset", spy)
+        patch.setattr(train_module, "PoseWindowDataset", Recorded)
         assert main(["train", "--data-dir", str(data), *TINY, "--target-frame", "last", "--epochs", "1",
                      "--batch-size", "16", "--max-batches", "2", "--out", str(out)]) == 0
     assert [d.target_frame for d in built] == ["last"]
