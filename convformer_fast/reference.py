@@ -3,9 +3,14 @@
 Shapes use B = batch, T = frames, J = joints, d = embed_dim, h = heads.
 
     x (B, T, J, 2) --joint embedding + E_pos (eq. 1)--> (B*T, J, d)
-      --spatial ConvFormer blocks (tokens = joints)--> (B, T, J*d) + E_temp
-      --temporal ConvFormer blocks (tokens = frames)--> LN --> Linear(J*d -> 3J)
-      --Conv1d(T -> 1) over frames--> (B, 1, J, 3)
+      --spatial ConvFormer blocks (tokens = joints)--> (B, T, J*d)     [ConvFormer.spatial_stage]
+      + E_temp --temporal ConvFormer blocks (tokens = frames)--> LN --> Linear(J*d -> 3J)
+      --Conv1d(T -> 1) over frames--> (B, 1, J, 3)                     [ConvFormer.temporal_stage]
+
+The output is the pose of the window's target frame: its centre (the paper's choice) or,
+for a causal model (``target_frame="last"``), its last frame. The network is the same
+either way; the target frame says how windows are cut for training and inference
+(:func:`target_position`).
 
 Details the paper leaves open are pinned down in docs/ARCHITECTURE.md section 1 (there is no
 output projection after attention; the temporal convolution has T channels and slides
@@ -29,6 +34,17 @@ SPATIAL = "spatial"
 TEMPORAL = "temporal"
 LAYOUTS = (SPATIAL, TEMPORAL)
 QKV_NAMES = ("query", "key", "value")
+CENTRE, LAST = "centre", "last"
+#: Which frame of its window a model predicts (``ConvFormer(target_frame=...)``).
+TARGET_FRAMES = (CENTRE, LAST)
+
+
+def target_position(length: int, target_frame: str = CENTRE) -> int:
+    """Index of the predicted frame inside a ``length``-frame window: ``length // 2`` for
+    ``"centre"`` (``length // 2`` frames of look-ahead), ``length - 1`` for ``"last"``
+    (causal: the window holds only the target and its past)."""
+    _checks.check_choice("target_frame", target_frame, TARGET_FRAMES)
+    return length // 2 if target_frame == CENTRE else length - 1
 
 
 class DropPath(nn.Module):
@@ -179,8 +195,11 @@ class ConvFormerBlock(nn.Module):
 
 
 class ConvFormer(nn.Module):
-    """The full lifting model: 2D keypoints ``(B, T, J, 2)`` -> centre-frame 3D pose
-    ``(B, 1, J, 3)`` (root-relative, camera frame)."""
+    """The full lifting model: 2D keypoints ``(B, T, J, 2)`` -> 3D pose ``(B, 1, J, 3)``
+    (root-relative, camera frame) of the window's target frame: the centre frame, or the
+    last one with ``target_frame="last"`` (a causal model: no look-ahead). The target frame
+    changes no weight; it is part of ``config`` so that checkpoints, evaluation and
+    inference cut windows the way the model was trained."""
 
     block_cls = ConvFormerBlock
 
@@ -196,9 +215,11 @@ class ConvFormer(nn.Module):
         mlp_ratio: float = 2.0,
         drop_path: float = 0.2,
         agg_dropout: float = 0.2,
+        target_frame: str = CENTRE,
         **block_kwargs,
     ):
         super().__init__()
+        self.target_frame = _checks.check_choice("target_frame", target_frame, TARGET_FRAMES)
         self.num_frames = _checks.check_positive_int("num_frames", num_frames)
         self.num_joints = _checks.check_positive_int("num_joints", num_joints)
         self.embed_dim = _checks.check_positive_int("embed_dim", embed_dim)
@@ -211,7 +232,7 @@ class ConvFormer(nn.Module):
             num_frames=num_frames, num_joints=num_joints, embed_dim=embed_dim,
             spatial_depth=spatial_depth, temporal_depth=temporal_depth,
             kernel_sizes=kernel_sizes, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            drop_path=drop_path, agg_dropout=agg_dropout,
+            drop_path=drop_path, agg_dropout=agg_dropout, target_frame=target_frame,
         )
         frame_dim = num_joints * embed_dim
 
@@ -241,14 +262,34 @@ class ConvFormer(nn.Module):
         """Build a paper configuration by name (see ``convformer_fast.PRESETS``)."""
         return cls(**{**preset_config(name), **overrides})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _checks.check_keypoints(x, self.num_frames, self.num_joints)
-        b, t, j, _ = x.shape
-        x = self.joint_embed(x.reshape(b * t, j, 2)) + self.spatial_pos_embed  # eq. 1
+    @property
+    def target_position(self) -> int:
+        """Index of the predicted frame in a window (see :func:`target_position`)."""
+        return target_position(self.num_frames, self.target_frame)
+
+    def spatial_stage(self, keypoints: torch.Tensor) -> torch.Tensor:
+        """Joint embedding (eq. 1) and the spatial blocks, frame by frame: ``(N, J, 2)``
+        keypoints of N frames -> ``(N, J*d)`` features. A frame's features do not depend
+        on the window it sits in, so whole-sequence and streaming inference compute them
+        once per frame."""
+        n, j, _ = keypoints.shape
+        x = self.joint_embed(keypoints) + self.spatial_pos_embed
         for block in self.spatial_blocks:
             x = block(x)
-        x = x.reshape(b, t, j * self.embed_dim) + self.temporal_pos_embed
+        return x.reshape(n, j * self.embed_dim)
+
+    def temporal_stage(self, features: torch.Tensor) -> torch.Tensor:
+        """E_temp, the temporal blocks and the head on windows of per-frame features:
+        ``(B, T, J*d)`` -> ``(B, 1, J, 3)``, the target frame's pose."""
+        b = features.shape[0]
+        x = features + self.temporal_pos_embed
         for block in self.temporal_blocks:
             x = block(x)
         x = self.head(x)  # (B, T, 3J)
-        return self.frame_weights(x).reshape(b, 1, j, 3)
+        return self.frame_weights(x).reshape(b, 1, self.num_joints, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _checks.check_keypoints(x, self.num_frames, self.num_joints)
+        b, t, j, _ = x.shape
+        features = self.spatial_stage(x.reshape(b * t, j, 2))
+        return self.temporal_stage(features.reshape(b, t, j * self.embed_dim))

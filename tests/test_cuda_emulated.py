@@ -22,7 +22,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import convformer_fast as cf
 from convformer_fast import ops
 from convformer_fast.fast import DMHCSAFast
-from convformer_fast.fold import fold_qkv
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

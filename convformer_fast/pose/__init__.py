@@ -5,6 +5,8 @@
 * :mod:`.evaluate` -- ``convformer-fast eval``: Protocols I-III in the paper's table layout.
 * :mod:`.infer` -- ``convformer-fast infer``: 2D keypoints of a video -> 3D poses, ``--render``.
 * :mod:`.lifting` -- whole-sequence lifting with the spatial part computed once per frame.
+* :mod:`.stream` -- :class:`StreamingLifter`: real-time lifting, one frame in, one pose out,
+  and ``convformer-fast infer --stream``.
 * :mod:`.checkpoint`, :mod:`.keypoints`, :mod:`.render`, :mod:`.datasets` -- the pieces.
 
 Heavy optional imports (matplotlib, tqdm, tensorboard) happen inside the functions that use them.
@@ -13,6 +15,7 @@ Heavy optional imports (matplotlib, tqdm, tensorboard) happen inside the functio
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .keypoints import coco_to_h36m, fill_missing, prepare_keypoints
 from .lifting import lift_sequence
+from .stream import StreamingLifter
 
-__all__ = ["CheckpointError", "coco_to_h36m", "fill_missing", "lift_sequence", "load_checkpoint",
-           "model_from_checkpoint", "prepare_keypoints", "save_checkpoint"]
+__all__ = ["CheckpointError", "StreamingLifter", "coco_to_h36m", "fill_missing", "lift_sequence",
+           "load_checkpoint", "model_from_checkpoint", "prepare_keypoints", "save_checkpoint"]

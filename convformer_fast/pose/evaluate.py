@@ -5,7 +5,8 @@ table layout: one row per protocol (MPJPE, P-MPJPE, MPJVE, in mm), the 15 Human3
 actions in the paper's column order and their average (the mean of the per-action means,
 as the literature reports it).
 
-Every frame of every test sequence is a target (its own edge-padded window); predictions
+Every frame of every test sequence is a target (its own edge-padded window, cut around the
+model's target frame: centred, or ending with it for a causal model); predictions
 come from :func:`~convformer_fast.pose.lifting.lift_sequence` (the spatial part computed
 once per frame) with flip test-time augmentation by default. The predicted root joint is
 set to zero, as the targets are root-relative. MPJVE is the error of the first temporal
@@ -177,7 +178,8 @@ def run(args) -> int:
     result = evaluate_sequences(model, sequences, stride=args.stride, flip_symmetry=flip,
                                 batch_size=args.batch_size, progress=sys.stderr.isatty())
     epoch = checkpoint.get("epoch", 0)
-    print(format_table(result, f"{title}\ncheckpoint {args.checkpoint} (epoch {epoch}, T={model.num_frames}), "
+    print(format_table(result, f"{title}\ncheckpoint {args.checkpoint} (epoch {epoch}, T={model.num_frames}, "
+                               f"target frame {model.target_frame}), "
                                f"{result['frames']} frames, flip TTA {'off' if flip is None else 'on'}"))
     if args.json:
         write_json(args.json, {k: (dict(v) if isinstance(v, OrderedDict) else v) for k, v in result.items()})

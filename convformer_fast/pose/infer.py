@@ -16,6 +16,18 @@ its own edge-padded T-frame window, windows are batched, and the spatial ConvFor
 once per frame (:mod:`convformer_fast.pose.lifting`). Keypoints on the image border are
 used as they are. The ``.npy`` input is read without unpickling anything.
 
+Streaming (``--stream``, real time, :mod:`convformer_fast.pose.stream`): the frames are
+lifted one by one as they arrive, from the file played at ``--fps`` (``--unpaced``: back to
+back) or from stdin with ``--keypoints -`` (one JSON array ``[[x, y], ...]`` or ``[[x, y,
+confidence], ...]`` per line, so a detector can pipe into it). Poses are written as they
+come (``--out -``: JSON lines ``{"frame": i, "pose": [[x, y, z], ...]}`` on stdout;
+``.jsonl``: the same into a file; ``.npy``: at the end), with per-frame latency (median,
+p99) and sustained frames per second reported at the end. Missed keypoints hold their last
+detection (a stream has no future to interpolate from); a joint not seen yet is placed at
+the mean pose. A centre model answers frame ``i`` when frame ``i + T // 2`` arrives (the
+last ``T // 2`` frames at the end of the stream); a causal model (``train --target-frame
+last``) answers each frame at once. The poses equal the offline ones.
+
 Output: ``(frames, 17, 3)`` float32 root-relative camera-frame poses in metres (the root
 joint is 0), Human3.6M-17 order; ``.npy`` for one video, ``.npz`` (one key per video)
 for several. ``--render out.gif`` / ``out.mp4`` animates the 2D input beside the 3D
@@ -37,14 +49,15 @@ from ..cli.args import (NON_NEGATIVE, POSITIVE, POSITIVE_INT, UsageError, add_ru
                         check_backend, resolve_device, set_threads)
 from ..errors import InputError
 
-__all__ = ["add_arguments", "load_videos", "run"]
+__all__ = ["add_arguments", "read_keypoint_files", "load_videos", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keypoints", required=True, help="2D keypoints: .npy (frames, 17, 2|3) or a "
-                        "VideoPose3D data_2d_custom_<name>.npz")
+                        "VideoPose3D data_2d_custom_<name>.npz; - (stdin) with --stream")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `convformer-fast train`")
-    parser.add_argument("--out", required=True, help="poses.npy (one video) or poses.npz (several)")
+    parser.add_argument("--out", required=True, help="poses.npy (one video) or poses.npz (several); with "
+                        "--stream: - (stdout), poses.jsonl or poses.npy")
     parser.add_argument("--video", nargs="+", default=None, help="videos of a custom .npz (default: all)")
     parser.add_argument("--layout", choices=("auto", "coco", "h36m"), default="auto",
                         help="joint order of the input (auto: the .npz metadata, COCO for .npy)")
@@ -59,12 +72,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto")
     add_runtime_arguments(parser)
     parser.add_argument("--render", default=None, help="also write an animation: out.gif or out.mp4")
-    parser.add_argument("--fps", type=POSITIVE, default=50.0, help="frame rate of the video (for --render)")
+    parser.add_argument("--fps", type=POSITIVE, default=50.0,
+                        help="frame rate of the video (for --render, and the rate --stream plays a file at)")
     parser.add_argument("--render-frames", type=POSITIVE_INT, default=None, help="render at most this many frames")
+    stream = parser.add_argument_group("streaming (real time, see convformer_fast.pose.stream)")
+    stream.add_argument("--stream", action="store_true",
+                        help="lift frame by frame as frames arrive: --keypoints file.npy|.npz is played at "
+                             "--fps, --keypoints - reads stdin (one JSON array [[x, y(, conf)], ...] per line); "
+                             "poses are written as they come (--out - for JSON lines on stdout, .jsonl, "
+                             "or .npy at the end); reports per-frame latency and sustained fps")
+    stream.add_argument("--unpaced", action="store_true",
+                        help="with --stream, play the file back to back instead of at --fps (throughput)")
 
 
-def load_videos(args) -> list[dict]:
-    """``[{'name', 'inputs' (F, 17, 2) normalised, 'pixels' or None, 'w', 'h', 'filled'}]``."""
+def read_keypoint_files(args) -> list[dict]:
+    """The selected videos as read: ``[{'name', 'keypoints' (F, 17, 2|3) as in the file,
+    'layout' ('coco'/'h36m'), 'w', 'h', 'normalized'}]`` (nothing filled or normalised)."""
     path = args.keypoints
     if path.endswith(".npz"):
         from .data.custom import load_custom_2d
@@ -77,21 +100,28 @@ def load_videos(args) -> list[dict]:
         unknown = [n for n in names if n not in videos]
         if unknown:
             raise UsageError(f"--video: {unknown} not in {path}, expected some of {sorted(videos)}")
-        entries = [(n, videos[n]["keypoints"], videos[n]["w"], videos[n]["h"], False) for n in names]
-    else:
-        if not args.normalized and (args.width is None or args.height is None):
-            raise UsageError("--width/--height: got none, expected the image size in pixels for .npy "
-                             "pixel keypoints (or pass --normalized)")
-        array = read_npy(path, "2D keypoints (frames, 17, 2 or 3) as a NumPy .npy array")
-        layout = "coco" if args.layout == "auto" else args.layout
-        name = os.path.splitext(os.path.basename(path))[0]
-        entries = [(name, array, args.width, args.height, args.normalized)]
+        return [dict(name=n, keypoints=videos[n]["keypoints"], layout=layout, w=videos[n]["w"],
+                     h=videos[n]["h"], normalized=False) for n in names]
+    if not args.normalized and (args.width is None or args.height is None):
+        raise UsageError("--width/--height: got none, expected the image size in pixels for .npy "
+                         "pixel keypoints (or pass --normalized)")
+    array = read_npy(path, "2D keypoints (frames, 17, 2 or 3) as a NumPy .npy array")
+    layout = "coco" if args.layout == "auto" else args.layout
+    name = os.path.splitext(os.path.basename(path))[0]
+    return [dict(name=name, keypoints=array, layout=layout, w=args.width, h=args.height,
+                 normalized=args.normalized)]
+
+
+def load_videos(args) -> list[dict]:
+    """``[{'name', 'inputs' (F, 17, 2) normalised, 'pixels' or None, 'w', 'h', 'filled'}]``."""
     out = []
-    for name, kp, w, h, normalized in entries:
+    for video in read_keypoint_files(args):
+        name, w, h = video["name"], video["w"], video["h"]
         try:
-            inputs, info = prepare_keypoints(kp, layout, w, h, normalized, args.min_confidence)
+            inputs, info = prepare_keypoints(video["keypoints"], video["layout"], w, h, video["normalized"],
+                                             args.min_confidence)
         except InputError as exc:
-            raise InputError(f"{path} ({name}): {exc}") from None
+            raise InputError(f"{args.keypoints} ({name}): {exc}") from None
         out.append(dict(name=name, inputs=inputs, pixels=info["pixels"], w=w, h=h, filled=info["filled"]))
     return out
 
@@ -102,6 +132,11 @@ def run(args) -> int:
     from .lifting import lift_sequence
 
     set_threads(args.threads)
+    if args.stream:
+        from .stream import run_stream
+        return run_stream(args)
+    if args.keypoints == "-":
+        raise UsageError("--keypoints: got '-' (stdin) without --stream, expected a file (or add --stream)")
     if not (args.out.endswith(".npy") or args.out.endswith(".npz")):
         raise UsageError(f"--out: got {args.out!r}, expected a .npy or .npz file")
     if args.render and os.path.splitext(args.render)[1].lower() not in (".gif", ".mp4"):
@@ -129,7 +164,8 @@ def run(args) -> int:
         poses[:, H36M_17.root] = 0.0
         results[video["name"]] = poses
         note = f", {video['filled']} missed keypoints interpolated" if video["filled"] else ""
-        print(f"{video['name']}: {len(poses)} frames -> 3D (T={model.num_frames}{note})")
+        print(f"{video['name']}: {len(poses)} frames -> 3D (T={model.num_frames}, target frame "
+              f"{model.target_frame}{note})")
     with atomic_open(args.out) as handle:
         if args.out.endswith(".npy"):
             np.save(handle, next(iter(results.values())))

@@ -1,16 +1,20 @@
 """Whole-sequence lifting: one T-frame window per output frame, spatial part shared.
 
-``ConvFormer.forward`` on a window runs (1) joint embedding + spatial blocks on every
-frame of the window, independently per frame (tokens are joints), then (2) the temporal
-blocks and head across the window. Part (1) does not depend on which window a frame sits
-in, so for a sequence of F frames with one window per output frame it is computed once per
-frame (F times instead of F*T) and the T-frame windows are gathered from those per-frame
-features for part (2). Edge padding (the first/last frame repeated, as
+``ConvFormer.forward`` on a window runs (1) :meth:`~convformer_fast.ConvFormer.spatial_stage`:
+joint embedding + spatial blocks on every frame of the window, independently per frame
+(tokens are joints), then (2) :meth:`~convformer_fast.ConvFormer.temporal_stage`: the
+temporal blocks and head across the window. Part (1) does not depend on which window a
+frame sits in, so for a sequence of F frames with one window per output frame it is
+computed once per frame (F times instead of F*T) and the T-frame windows are gathered from
+those per-frame features for part (2). Edge padding (the first/last frame repeated, as
 :func:`convformer_fast.pose.data.window_indices`) becomes repeating the first/last frame's
-features, which is the same thing because part (1) is per frame.
+features, which is the same thing because part (1) is per frame. Windows are cut around
+the model's target frame (``model.target_frame``: centred, or ending with it for a causal
+model).
 
 :func:`lift_sequence` equals running the model on every edge-padded window (checked in
-``tests/test_infer.py``); it is used by evaluation and video inference.
+``tests/test_infer.py``); it is used by evaluation and video inference, and
+:class:`~convformer_fast.pose.stream.StreamingLifter` equals it frame by frame.
 """
 
 from __future__ import annotations
@@ -20,71 +24,39 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..reference import ConvFormer
+from ..reference import CENTRE, target_position
 from .checkpoint import unwrap_model
 
-__all__ = ["spatial_features", "temporal_forward", "window_index_matrix", "lift_sequence"]
+__all__ = ["window_index_matrix", "lift_sequence"]
 
 
-def spatial_features(model: ConvFormer, keypoints: torch.Tensor) -> torch.Tensor:
-    """Joint embedding + spatial ConvFormer of single frames (paper eq. 1 and the B_sp blocks).
-
-    Args:
-        model: a ConvFormer (eval mode for deterministic output).
-        keypoints: ``(N, J, 2)`` normalised 2D keypoints of N frames.
-
-    Returns:
-        ``(N, J * d)`` per-frame features, the input of the temporal stage.
-    """
-    n, j, _ = keypoints.shape
-    x = model.joint_embed(keypoints) + model.spatial_pos_embed
-    for block in model.spatial_blocks:
-        x = block(x)
-    return x.reshape(n, j * model.embed_dim)
-
-
-def temporal_forward(model: ConvFormer, features: torch.Tensor) -> torch.Tensor:
-    """Temporal embedding + temporal ConvFormer + head on gathered windows.
-
-    Args:
-        features: ``(B, T, J * d)`` windows of per-frame features.
-
-    Returns:
-        ``(B, 1, J, 3)`` centre-frame poses.
-    """
-    b = features.shape[0]
-    x = features + model.temporal_pos_embed
-    for block in model.temporal_blocks:
-        x = block(x)
-    x = model.head(x)
-    return model.frame_weights(x).reshape(b, 1, model.num_joints, 3)
-
-
-def window_index_matrix(num_frames: int, centers: torch.Tensor, length: int) -> torch.Tensor:
-    """``(len(centers), length)`` frame indices, window centred on each centre, edge-clamped.
+def window_index_matrix(num_frames: int, centers: torch.Tensor, length: int,
+                        target_frame: str = CENTRE) -> torch.Tensor:
+    """``(len(centers), length)`` frame indices of the window of each target frame, edge-clamped.
 
     Same convention as :func:`convformer_fast.pose.data.window_indices` (the target sits at
-    position ``length // 2``).
+    position ``length // 2``, or last with ``target_frame="last"``).
     """
-    offsets = torch.arange(length, device=centers.device) - length // 2
+    offsets = torch.arange(length, device=centers.device) - target_position(length, target_frame)
     return (centers[:, None] + offsets).clamp_(0, num_frames - 1)
 
 
 @torch.inference_mode()
 def _lift(model, keypoints, centers, batch_size, frame_chunk):
     frames = keypoints.shape[0]
-    features = torch.cat([spatial_features(model, keypoints[i:i + frame_chunk])
+    features = torch.cat([model.spatial_stage(keypoints[i:i + frame_chunk])
                           for i in range(0, frames, frame_chunk)])
     out = []
     for i in range(0, len(centers), batch_size):
-        index = window_index_matrix(frames, centers[i:i + batch_size], model.num_frames)
-        out.append(temporal_forward(model, features[index])[:, 0])
+        index = window_index_matrix(frames, centers[i:i + batch_size], model.num_frames, model.target_frame)
+        out.append(model.temporal_stage(features[index])[:, 0])
     return torch.cat(out)
 
 
 def lift_sequence(model, keypoints, centers: Optional[Sequence[int]] = None, batch_size: int = 1024,
                   frame_chunk: int = 4096, flip_symmetry: Optional[tuple] = None) -> np.ndarray:
-    """3D poses of a whole sequence, one window per output frame.
+    """3D poses of a whole sequence, one window per output frame (cut around the model's
+    target frame: centred, or ending with it for a causal model).
 
     Args:
         model: a ConvFormer / ConvFormerFast (a DDP wrapper is unwrapped); it is run in

@@ -48,6 +48,7 @@ from .data.skeleton import H36M_17
 from .data.windows import PoseWindowDataset
 from ..fast import ConvFormerFast
 from ..presets import PRESETS, preset_config
+from ..reference import CENTRE, TARGET_FRAMES
 from .checkpoint import (CheckpointError, config_differences, config_problem, load_checkpoint,
                          load_model_weights, model_config, save_checkpoint)
 from ..atomic import check_writable, make_folder, write_text
@@ -63,6 +64,7 @@ _MODEL_ARGS = {  # command-line option -> config field
     "frames": "num_frames", "embed_dim": "embed_dim", "spatial_depth": "spatial_depth",
     "temporal_depth": "temporal_depth", "heads": "num_heads", "kernel_sizes": "kernel_sizes",
     "mlp_ratio": "mlp_ratio", "drop_path": "drop_path", "agg_dropout": "agg_dropout",
+    "target_frame": "target_frame",
 }
 CSV_FIELDS = ("epoch", "lr", "train_mpjpe_mm", "test_mpjpe_mm", "test_p_mpjpe_mm", "test_mpjve_mm",
               "train_samples", "epoch_s", "eval_s")
@@ -93,6 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--mlp-ratio", type=POSITIVE, default=None)
     model.add_argument("--drop-path", type=PROBABILITY, default=None, help="stochastic depth (paper 0.2)")
     model.add_argument("--agg-dropout", type=PROBABILITY, default=None, help="aggregation dropout (paper 0.2)")
+    model.add_argument("--target-frame", default=None, choices=TARGET_FRAMES,
+                       help="the frame a window predicts: centre (the paper's; T/2 frames of look-ahead) "
+                            "or last (causal, for streaming without delay); default centre")
     model.add_argument("--backend", default="auto", help="fast backend of every layer")
 
     optim = parser.add_argument_group("optimisation (paper defaults)")
@@ -136,6 +141,7 @@ def build_config(args, base: Optional[dict] = None) -> dict:
         if value is not None:
             config[field] = tuple(value) if field == "kernel_sizes" else value
     config["kernel_sizes"] = tuple(config["kernel_sizes"])
+    config.setdefault("target_frame", CENTRE)  # checkpoints older than the option
     return config
 
 
@@ -348,7 +354,8 @@ def run(args) -> int:
     kps_left, kps_right = metadata["keypoints_symmetry"]
     train_set = PoseWindowDataset(train_seqs, config["num_frames"], stride=args.stride,
                                   flip_augment=not args.no_flip, kps_left=kps_left, kps_right=kps_right,
-                                  joints_left=H36M_17.joints_left, joints_right=H36M_17.joints_right)
+                                  joints_left=H36M_17.joints_left, joints_right=H36M_17.joints_right,
+                                  target_frame=config["target_frame"])
     test_seqs = []
     if info.is_main and not args.no_eval:
         test_seqs, _ = h36m_sequences(args.data_dir, args.keypoints, args.test_subjects or "test", args.actions)
@@ -387,7 +394,7 @@ def run(args) -> int:
             writer = _tensorboard(out_dir, not args.no_tensorboard)
         params = sum(p.numel() for p in model.parameters())
         print(f"train: {len(train_seqs)} sequences, {len(train_set)} windows (T={config['num_frames']}, "
-              f"flip {'off' if args.no_flip else 'on'}); test: {len(test_seqs)} sequences; "
+              f"target frame {config['target_frame']}, flip {'off' if args.no_flip else 'on'}); test: {len(test_seqs)} sequences; "
               f"model {params / 1e6:.3f} M parameters, backend {args.backend}, device {info.device}, "
               f"{info.world_size} process(es), amp {amp_dtype or 'off'}; out {out_dir}", flush=True)
         if test_seqs:

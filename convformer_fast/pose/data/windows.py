@@ -6,9 +6,10 @@ normalised 2D keypoints and root-relative camera-space 3D joints.
 
     ``(inputs_2d (T, J, 2), target_3d (1, J, 3), action, subject)``
 
-where the window of ``T`` frames is centred on the target frame and frames
-outside the sequence are replaced by the nearest edge frame (edge
-replication). Target frames are taken every ``stride`` frames.
+where the window of ``T`` frames is centred on the target frame (or, for a causal
+model, ends with it: ``target_frame="last"``) and frames outside the sequence are
+replaced by the nearest edge frame (edge replication; a causal window only ever reaches
+past the start). Target frames are taken every ``stride`` frames.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from ..._checks import check_choice
+from ...reference import CENTRE, TARGET_FRAMES, target_position
 from .skeleton import flip_horizontal
 
 __all__ = [
@@ -84,13 +87,15 @@ class PoseSequence:
         return int(self.inputs_2d.shape[0])
 
 
-def window_indices(num_frames: int, center: int, length: int) -> np.ndarray:
-    """Frame indices of a ``length``-frame window centred on ``center``.
+def window_indices(num_frames: int, center: int, length: int, target_frame: str = CENTRE) -> np.ndarray:
+    """Frame indices of the ``length``-frame window whose target frame is ``center``.
 
-    The window covers ``center - length // 2 ... center - length // 2 + length - 1``
-    (for odd ``length``, ``length // 2`` frames on each side; the target sits at
-    position ``length // 2``). Indices outside ``[0, num_frames)`` are clamped,
-    i.e. the first/last frame is replicated.
+    With ``target_frame="centre"`` the window covers ``center - length // 2 ... center -
+    length // 2 + length - 1`` (for odd ``length``, ``length // 2`` frames on each side;
+    the target sits at position ``length // 2``); with ``"last"`` it covers ``center -
+    length + 1 ... center`` (the target is the last frame: no future frame is used).
+    Indices outside ``[0, num_frames)`` are clamped, i.e. the first/last frame is
+    replicated.
 
     Returns:
         ``(length,)`` int64 indices.
@@ -101,22 +106,23 @@ def window_indices(num_frames: int, center: int, length: int) -> np.ndarray:
         raise ValueError(f"center: got {center}, expected 0 <= center < {num_frames}")
     if length <= 0:
         raise ValueError(f"length: got {length}, expected a positive window length")
-    start = center - length // 2
+    start = center - target_position(length, target_frame)
     return np.clip(np.arange(start, start + length, dtype=np.int64), 0, num_frames - 1)
 
 
-def extract_window(array: np.ndarray, center: int, length: int) -> np.ndarray:
-    """``array[window_indices(len(array), center, length)]`` with edge replication.
+def extract_window(array: np.ndarray, center: int, length: int, target_frame: str = CENTRE) -> np.ndarray:
+    """``array[window_indices(len(array), center, length, target_frame)]`` with edge replication.
 
     Args:
         array: ``(F, ...)`` per-frame data.
         center: target frame.
         length: window length ``T``.
+        target_frame: ``"centre"`` or ``"last"`` (where the target sits in the window).
 
     Returns:
         ``(T, ...)`` copy.
     """
-    return array[window_indices(array.shape[0], center, length)]
+    return array[window_indices(array.shape[0], center, length, target_frame)]
 
 
 class PoseWindowDataset:
@@ -124,7 +130,8 @@ class PoseWindowDataset:
 
     Sample ``i`` is ``(inputs_2d, target_3d, action, subject)`` with
     ``inputs_2d`` ``(T, J, 2)`` float32 and ``target_3d`` ``(1, J, 3)``
-    float32 (the pose at the window's centre frame). With
+    float32 (the pose at the window's target frame: its centre, or its last frame with
+    ``target_frame="last"``). With
     ``flip_augment=True`` the dataset is twice as long: the second half holds
     the horizontally mirrored copies of the first half (2D x negated and
     left/right keypoints swapped; 3D x negated and left/right joints swapped),
@@ -139,13 +146,14 @@ class PoseWindowDataset:
         joints_left, joints_right: 3D joint symmetry (from the skeleton).
         valid_only: with sequences carrying a ``valid`` mask, only valid frames
             become targets (their windows may still contain invalid frames).
+        target_frame: ``"centre"`` (the paper's) or ``"last"`` (causal windows).
     """
 
     def __init__(self, sequences: Sequence[PoseSequence], receptive_field: int, stride: int = 1,
                  flip_augment: bool = False,
                  kps_left: Sequence[int] = (), kps_right: Sequence[int] = (),
                  joints_left: Sequence[int] = (), joints_right: Sequence[int] = (),
-                 valid_only: bool = True):
+                 valid_only: bool = True, target_frame: str = CENTRE):
         if isinstance(receptive_field, bool) or int(receptive_field) != receptive_field or receptive_field < 1:
             raise ValueError(f"receptive_field: got {receptive_field!r}, expected a positive integer")
         if isinstance(stride, bool) or int(stride) != stride or stride < 1:
@@ -159,6 +167,7 @@ class PoseWindowDataset:
             raise ValueError("flip_augment: got True without kps_left/kps_right and "
                              "joints_left/joints_right, expected both symmetries")
         self.receptive_field = int(receptive_field)
+        self.target_frame = check_choice("target_frame", target_frame, TARGET_FRAMES)
         self.stride = int(stride)
         self.flip_augment = bool(flip_augment)
         self.kps_left, self.kps_right = list(kps_left), list(kps_right)
@@ -196,7 +205,7 @@ class PoseWindowDataset:
     def __getitem__(self, index: int):
         k, center, flipped = self.locate(index)
         seq = self.sequences[k]
-        inputs = extract_window(seq.inputs_2d, center, self.receptive_field)
+        inputs = extract_window(seq.inputs_2d, center, self.receptive_field, self.target_frame)
         target = seq.target_3d[center:center + 1].copy()
         if flipped:
             inputs = flip_horizontal(inputs, self.kps_left, self.kps_right)
