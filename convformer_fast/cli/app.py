@@ -7,6 +7,7 @@
     convformer-fast kernels              compile every Triton/CUDA kernel for sm_80/sm_90 (no
                                          GPU): registers, spills, occupancy, tensor cores
     convformer-fast train / eval / infer pose training, the paper's tables, video inference
+    convformer-fast export               the folded model as ONNX or an AOTInductor package
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..perf import commands as perf_commands
 from ..perf.machine import cpu_model
 from ..pose.commands import add_pose_commands
 from ..presets import PRESETS
+from .export import add_export_parser
 from ..reference import ConvFormer
 
 
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
     perf_commands.add_subcommands(sub)  # bench, flops, kernels
     add_pose_commands(sub)  # train, eval, infer
+    add_export_parser(sub)
     return parser
 
 
