@@ -176,9 +176,11 @@ def freeze(model: nn.Module, backend: str = "torch") -> FrozenConvFormer:
                           "(a frozen model is already frozen)")
     if not isinstance(model, ConvFormer):
         raise ExportError(f"model: got {type(model).__name__}, expected a ConvFormer or ConvFormerFast")
-    if model.training:
-        raise ExportError("model: in training mode (dropout, stochastic depth and aggregation dropout "
-                          "active), expected eval mode: call model.eval() before freezing")
+    training = [name or type(model).__name__ for name, module in model.named_modules() if module.training]
+    if training:
+        raise ExportError(f"model: in training mode ({training[0]}{' and others' if len(training) > 1 else ''}: "
+                          "stochastic depth and aggregation dropout active), expected eval mode: call "
+                          "model.eval() before freezing")
     check_freezable_backend(backend)
     param = next(model.parameters())
     if backend == "cpu" and param.device.type != "cpu":

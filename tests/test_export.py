@@ -107,6 +107,10 @@ def test_freeze_refuses_training_mode_gradients_and_other_backends():
     with pytest.raises(ValueError, match="model: in training mode.*model.eval"):
         E.freeze(model.train())
     model.eval()
+    model.temporal_blocks[0].attn.train()  # one layer left in training mode is refused too
+    with pytest.raises(ValueError, match="model: in training mode \\(temporal_blocks.0.attn"):
+        E.freeze(model)
+    model.eval()
     frozen = E.freeze(model)
     x = make_input(model).requires_grad_()
     with pytest.raises(ValueError, match="x: requires_grad=True"):
