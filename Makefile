@@ -33,6 +33,7 @@ test: setup
 cmake-test: setup
 	TORCH_CUDA_ARCH_LIST="8.0;9.0" cmake -S . -B $(CMAKE_BUILD_DIR) -DCMAKE_BUILD_TYPE=Release \
 		-DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+		-DPython3_EXECUTABLE="$$($(PYTHON) -c 'import sys; print(sys.executable)')" \
 		$$($(PYTHON) convformer_fast/toolchain.py cmake-args)
 	cmake --build $(CMAKE_BUILD_DIR) -j$(MAX_JOBS)
 	ctest --test-dir $(CMAKE_BUILD_DIR) --output-on-failure

@@ -107,6 +107,9 @@ setup(
     package_data={"convformer_fast.pose.data": ["motions/*.npz", "motions/*.md"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
+    # `convformer-fast export --format onnx` and `bench --peers` (docs/deploy.md); the lower
+    # bounds are the versions tested, not known limits.
+    extras_require={"deploy": ["onnx>=1.23", "onnxscript>=0.7", "onnxruntime>=1.32", "openvino>=2026.4"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["convformer-fast=convformer_fast.cli.app:main"]},

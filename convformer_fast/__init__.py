@@ -7,6 +7,7 @@ Public API:
     available_backends()                          which backends work here, and why not
     PRESETS                                       named paper configurations
     fold_qkv, functional, ops                     the exact fold, the layers on tensors, the compiled ops
+    convformer_fast.export                        freeze(), to_onnx(), to_aoti(): deployment (docs/deploy.md)
 """
 
 from __future__ import annotations

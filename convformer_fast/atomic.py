@@ -111,11 +111,13 @@ def make_folder(folder, what: str = "") -> str:
     return folder
 
 
-def atomic_write(path, write: Callable[[str], Any]) -> str:
+def atomic_write(path, write: Callable[[str], Any], defer_interrupts: bool = True) -> str:
     """Call ``write(temporary path)``, then move the result to ``path`` in one step.
 
     For writers that take a file name (``torch.save``, ``savefig``, ``animation.save``);
-    :func:`atomic_open` gives a file object instead.
+    :func:`atomic_open` gives a file object instead. ``defer_interrupts=False`` for a
+    ``write`` that computes for long (an export's compile): Ctrl-C then stops it at once,
+    and the temporary file is removed.
 
     Returns:
         ``path`` (as a string).
@@ -125,7 +127,7 @@ def atomic_write(path, write: Callable[[str], Any]) -> str:
             (permissions, no space, a folder of that name); the message names ``path``.
         Anything ``write`` raises otherwise; the temporary file is removed either way.
     """
-    with _replacing(path) as tmp:
+    with (_replacing if defer_interrupts else _replacing_now)(path) as tmp:
         write(tmp)
     return os.fspath(path)
 

@@ -151,6 +151,14 @@ class ConvFormerFast(ConvFormer):
                 module.backend = backend
         return self
 
+    def freeze(self, backend: str = "torch") -> nn.Module:
+        """An inference-only copy whose folded Q/K/V weights are constant buffers, computed by
+        ``backend`` (``torch``: standard ops, for ONNX and other exporters; ``cpu``: this
+        package's C++ ops, for AOTInductor): :func:`convformer_fast.export.freeze`."""
+        from .export import freeze
+
+        return freeze(self, backend)
+
     @classmethod
     def from_reference(cls, model: ConvFormer, backend: str = AUTO) -> "ConvFormerFast":
         """A fast copy of an eager ``model`` (same weights, dtype, device and mode)."""

@@ -7,6 +7,7 @@
     convformer-fast kernels              compile every Triton/CUDA kernel for sm_80/sm_90 (no
                                          GPU): registers, spills, occupancy, tensor cores
     convformer-fast train / eval / infer pose training, the paper's tables, video inference
+    convformer-fast export               the folded model as ONNX or an AOTInductor package
 
 Errors (docs/cli.md): a user error (bad argument, missing or damaged file, unwritable
 output, unavailable backend or device) prints one line
@@ -34,6 +35,7 @@ from ..perf import commands as perf_commands
 from ..perf.machine import cpu_model
 from ..pose.commands import add_pose_commands
 from ..presets import PRESETS
+from .export import add_export_parser
 from ..reference import ConvFormer
 from .args import POSITIVE_INT
 
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
     perf_commands.add_subcommands(sub)  # bench, flops, kernels
     add_pose_commands(sub)  # train, eval, infer
+    add_export_parser(sub)
     # Every command, including those registered later, takes --debug after its name.
     for command in [parser, *sub.choices.values()]:
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -8,10 +8,16 @@ matmul that gives the machine's practical peak in the same conditions. A sample 
 mean of enough back-to-back calls to last ``min_sample_s``. Reported: median, quartiles
 and minimum over the rounds; speed-ups are ratios of medians measured in this run.
 
+Peers (``--peers``, :mod:`convformer_fast.perf.peers`): ONNX Runtime, OpenVINO and
+``torch.compile`` of the folded model join the same rounds, each checked against the eager
+model before it is timed; "vs best peer" divides the fastest peer's median by each median.
+
 FLOPs come from PyTorch's ``FlopCounterMode`` (with :mod:`convformer_fast.perf.flops`'s
 formulas) on one call of each implementation, so GFLOP/s counts the work that
 implementation actually does (the fast backends do less: the fold). ``torch.compile``
-is credited with the eager model's FLOPs, since no counter can see into compiled code.
+and the peers are credited with the FLOPs of the model they run (the eager model's, or the
+folded model's for ``compile:folded`` and the folded exports), since no counter can see
+into compiled code.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 from ..atomic import atomic_write
 from ..fast import ConvFormerFast
 from ..reference import ConvFormer
+from . import peers as peer_runtimes
 from .flops import flop_counter_flops
 from .machine import machine_info
 
@@ -39,6 +46,7 @@ COMPILE = "compile"  # torch.compile of the eager model
 class BenchSettings:
     presets: list[str]
     batch: int = 1
+    batches: dict[str, int] = field(default_factory=dict)  # per-preset batch, overriding `batch`
     backends: list[str] = field(default_factory=lambda: [EAGER, COMPILE])
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
@@ -50,12 +58,14 @@ class BenchSettings:
     progress: bool = True
     lr: float = 1e-4
     compile_backend: str = "inductor"
+    peers: list[str] = field(default_factory=list)  # peer_runtimes.PEERS to race as well
 
 
 @dataclass
 class Timing:
     preset: str
     backend: str
+    batch: int = 1
     median_s: float = math.nan
     p25_s: float = math.nan
     p75_s: float = math.nan
@@ -66,6 +76,9 @@ class Timing:
     flops: int = 0                   # per call (one step with --train)
     flops_source: str = ""
     error: str = ""                  # why this implementation could not run
+    peer: bool = False               # a runtime people deploy with, not this package's
+    not_installed: bool = False      # a peer whose package is missing here
+    max_abs_error: float | None = None  # peers: max |output - eager output|, checked before timing
 
     @property
     def ok(self) -> bool:
@@ -160,7 +173,10 @@ def run_bench(settings: BenchSettings) -> dict:
     threads = torch.get_num_threads()
     report = dict(machine=machine_info(threads), settings=_settings_dict(settings),
                   results=[], matmul=[])
-    per_preset = settings.warmup * (len(settings.backends) + 1) + settings.repeats * (len(settings.backends) + 1)
+    if settings.peers:
+        report["peer_packages"] = peer_runtimes.installed()
+    implementations = len(settings.backends) + len(settings.peers) + 1  # + the matmul
+    per_preset = (settings.warmup + settings.repeats) * implementations
     bar = tqdm(total=per_preset * len(settings.presets), unit="sample", leave=False,
                disable=None if settings.progress else True,  # None: off when not a terminal
                dynamic_ncols=True)
@@ -178,9 +194,10 @@ def run_bench(settings: BenchSettings) -> dict:
 def _bench_preset(preset: str, settings: BenchSettings, bar):
     torch.manual_seed(0)
     reference = ConvFormer.from_preset(preset).to(device=settings.device, dtype=settings.dtype)
-    x = torch.randn(settings.batch, reference.num_frames, reference.num_joints, 2,
+    batch = settings.batches.get(preset, settings.batch)
+    x = torch.randn(batch, reference.num_frames, reference.num_joints, 2,
                     device=settings.device, dtype=settings.dtype)
-    timings = {name: Timing(preset, name) for name in settings.backends}
+    timings = {name: Timing(preset, name, batch, peer=name == COMPILE) for name in settings.backends}
     steps = {}
     for name, (step, model) in build_steps(reference, x, settings).items():
         bar.set_description(f"{preset} {name} warm-up")
@@ -207,6 +224,9 @@ def _bench_preset(preset: str, settings: BenchSettings, bar):
         timings[COMPILE].flops, timings[COMPILE].flops_source = count_step_flops(
             EAGER, eager, x, settings, 0)
 
+    runners = {name: step for name, (step, _m) in steps.items()}
+    runners.update(_build_peers(preset, reference, x, settings, timings, bar))
+
     n = settings.matmul_size
     a = torch.randn(n, n, device=settings.device, dtype=settings.dtype)
     b = torch.randn(n, n, device=settings.device, dtype=settings.dtype)
@@ -217,7 +237,6 @@ def _bench_preset(preset: str, settings: BenchSettings, bar):
     bar.update(settings.warmup)
 
     # Calls per sample, so that one sample lasts at least min_sample_s.
-    runners = {name: step for name, (step, _m) in steps.items()}
     runners["matmul"] = matmul
     calls = {name: max(1, math.ceil(settings.min_sample_s / max(_time_calls(fn, 1, settings.device), 1e-9)))
              for name, fn in runners.items()}
@@ -230,10 +249,10 @@ def _bench_preset(preset: str, settings: BenchSettings, bar):
             seconds = _time_calls(runners[name], calls[name], settings.device)
             (matmul_samples if name == "matmul" else timings[name].samples).append(seconds)
             bar.update(1)
-    for name in steps:
+    for name in runners.keys() - {"matmul"}:
         timings[name].calls_per_sample = calls[name]
         _summarise(timings[name])
-    bar.update(settings.repeats * (len(settings.backends) - len(steps)))
+    bar.update(settings.repeats * (len(timings) - len(runners) + 1))
     matmul_median = statistics.median(matmul_samples)
     matmul_report = dict(preset=preset, size=n, dtype=str(settings.dtype).replace("torch.", ""),
                          median_s=matmul_median, flops=2 * n ** 3,
@@ -242,17 +261,51 @@ def _bench_preset(preset: str, settings: BenchSettings, bar):
     return list(timings.values()), matmul_report
 
 
+def _build_peers(preset: str, reference: ConvFormer, x: torch.Tensor, settings: BenchSettings,
+                 timings: dict[str, Timing], bar) -> dict[str, Callable[[], object]]:
+    """The peers' Timing rows (added to ``timings``) and the runners of those that can be timed."""
+    if not settings.peers:
+        return {}
+    bar.set_description(f"{preset} peers: export, check, warm-up")
+    reference = copy.deepcopy(reference).eval()
+    built = peer_runtimes.build_peers(reference, x, settings.peers, settings.compile_backend,
+                                      settings.warmup)
+    folded_flops = peer_runtimes.folded_flops(reference, x)
+    eager_flops = timings[EAGER].flops if EAGER in timings and timings[EAGER].flops else None
+    runners = {}
+    for name, peer in built.items():
+        timing = timings[name] = Timing(preset, name, x.shape[0], peer=True)
+        if isinstance(peer, peer_runtimes.PeerError):
+            timing.error, timing.not_installed = str(peer), peer.not_installed
+        else:
+            timing.first_call_s, timing.max_abs_error = peer.first_call_s, peer.max_abs_error
+            if peer.folded:
+                timing.flops, timing.flops_source = folded_flops, "the frozen folded model's count"
+            else:
+                timing.flops = eager_flops if eager_flops is not None else count_step_flops(
+                    EAGER, reference, x, settings, 0)[0]
+                timing.flops_source = "the eager model's count"
+            runners[name] = peer.step
+        bar.update(settings.warmup)
+    return runners
+
+
 def _add_ratios(report: dict) -> None:
-    batch = report["settings"]["batch"]
     peaks = {m["preset"]: m["gflops_per_s"] for m in report["matmul"]}
     for preset in {r["preset"] for r in report["results"]}:
         rows = [r for r in report["results"] if r["preset"] == preset]
         base = {r["backend"]: r["median_s"] for r in rows if r["ok"]}
+        raced = bool(report["settings"]["peers"])
+        peers = {r["backend"]: r["median_s"] for r in rows if raced and r["ok"] and r["peer"]}
+        best_peer = min(peers, key=peers.get) if peers else None
+        if raced:
+            report.setdefault("best_peer", {})[preset] = best_peer
         for r in rows:
             ok = r["ok"]
             r["speedup_vs_eager"] = base[EAGER] / r["median_s"] if ok and EAGER in base else None
             r["speedup_vs_compile"] = base[COMPILE] / r["median_s"] if ok and COMPILE in base else None
-            r["samples_per_s"] = batch / r["median_s"] if ok else None
+            r["speedup_vs_best_peer"] = peers[best_peer] / r["median_s"] if ok and best_peer else None
+            r["samples_per_s"] = r["batch"] / r["median_s"] if ok else None
             r["gflops_per_s"] = r["flops"] / r["median_s"] / 1e9 if ok and r["flops"] else None
             r["percent_of_matmul"] = (100 * r["gflops_per_s"] / peaks[preset]
                                       if r["gflops_per_s"] else None)
@@ -273,43 +326,95 @@ def _ratio(value) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _batch_label(settings: dict) -> str:
+    if not settings["batches"]:
+        return f"batch {settings['batch']}"
+    return "batch " + ", ".join(f"{b} ({p})" for p, b in settings["batches"].items())
+
+
 def format_report(report: dict) -> str:
     s, m = report["settings"], report["machine"]
     lines = [
-        f"convformer-fast bench: batch {s['batch']}, {s['dtype']}, {s['mode']}, device {s['device']}",
+        f"convformer-fast bench: {_batch_label(s)}, {s['dtype']}, {s['mode']}, device {s['device']}",
         f"machine: {m['cpu']}, {m['cores_available']} cores available, torch threads {m['threads']}, "
         f"torch {m['torch']}, {m['date']}" + (f", commit {m['commit']}" if m["commit"] else ""),
         f"method: {s['repeats']} rounds alternating the implementations, warm-up {s['warmup']} "
         f"call(s) each, a sample >= {s['min_sample_s'] * 1e3:.0f} ms of back-to-back calls; "
         "median, IQR = (p75 - p25) / median",
     ]
-    header = (f"{'backend':<9} {'median ms':>10} {'IQR %':>6} {'min ms':>9} {'vs eager':>9} "
-              f"{'vs compile':>10} {'samples/s':>10} {'GFLOP/call':>10} {'GFLOP/s':>8} {'% matmul':>8}")
+    raced = bool(s["peers"])
+    if raced:
+        lines.append("peers (*): " + ", ".join(f"{k} {v}" for k, v in report["peer_packages"].items())
+                     + f"; torch.compile backend {s['compile_backend']!r}; each checked against eager "
+                     "before timing; 'vs best peer' = the fastest peer's median / this median")
+    width = max([9] + [len(r["backend"]) + 2 for r in report["results"]])
+    header = (f"{'backend':<{width}} {'median ms':>10} {'IQR %':>6} {'min ms':>9} {'vs eager':>9} "
+              f"{'vs compile':>10}" + (f" {'vs best peer':>12}" if raced else "") +
+              f" {'samples/s':>10} {'GFLOP/call':>10} {'GFLOP/s':>8} {'% matmul':>8}")
     for matmul in report["matmul"]:
         preset = matmul["preset"]
-        lines += ["", f"{preset}:", header, "-" * len(header)]
-        for r in (r for r in report["results"] if r["preset"] == preset):
+        rows = [r for r in report["results"] if r["preset"] == preset]
+        batch = rows[0]["batch"] if rows else s["batch"]
+        lines += ["", f"{preset}, batch {batch}:", header, "-" * len(header)]
+        for r in rows:
+            name = r["backend"] + (" *" if raced and r["peer"] else "")
             if not r["ok"]:
-                lines.append(f"{r['backend']:<9} not run: {r['error']}")
+                lines.append(f"{name:<{width}} not run: {r['error']}")
                 continue
             iqr = 100 * (r["p75_s"] - r["p25_s"]) / r["median_s"]
             lines.append(
-                f"{r['backend']:<9} {r['median_s'] * 1e3:>10.2f} {iqr:>6.1f} {r['min_s'] * 1e3:>9.2f} "
-                f"{_ratio(r['speedup_vs_eager']):>9} {_ratio(r['speedup_vs_compile']):>10} "
-                f"{_fmt(r['samples_per_s'], '.1f'):>10} {r['flops'] / 1e9:>10.3f} "
+                f"{name:<{width}} {r['median_s'] * 1e3:>10.2f} {iqr:>6.1f} {r['min_s'] * 1e3:>9.2f} "
+                f"{_ratio(r['speedup_vs_eager']):>9} {_ratio(r['speedup_vs_compile']):>10}"
+                + (f" {_ratio(r['speedup_vs_best_peer']):>12}" if raced else "") +
+                f" {_fmt(r['samples_per_s'], '.1f'):>10} {r['flops'] / 1e9:>10.3f} "
                 f"{_fmt(r['gflops_per_s'], '.1f'):>8} {_fmt(r['percent_of_matmul'], '.0f'):>7}%")
             if r["error"] == "" and "undercounted" in r["flops_source"]:
                 lines[-1] += " (FLOPs undercounted)"
         lines.append(
             f"matmul {matmul['size']}^3 {matmul['dtype']}: {matmul['median_s'] * 1e3:.2f} ms, "
             f"{matmul['gflops_per_s']:.1f} GFLOP/s (this run's practical peak; '% matmul' is relative to it)")
-        compiled = [r for r in report["results"] if r["preset"] == preset and r["backend"] == COMPILE and r["ok"]]
+        compiled = [r for r in rows if r["backend"] == COMPILE and r["ok"]]
         if compiled:
             lines.append(f"compile: torch.compile(eager, backend={s['compile_backend']!r}), first call "
                          f"(compilation) {compiled[0]['first_call_s']:.1f} s; its FLOPs are the eager model's")
+        checked = [f"{r['backend']} {r['max_abs_error']:.1e}" for r in rows if r["max_abs_error"] is not None]
+        if checked:
+            lines.append("max |peer - eager| before timing: " + ", ".join(checked))
+        if raced and report["best_peer"].get(preset):
+            lines.append(f"best peer: {report['best_peer'][preset]}")
     notes = sorted({r["flops_source"] for r in report["results"] if "undercounted" in r["flops_source"]})
     lines += [f"warning: {note}" for note in notes]
+    if len(report["matmul"]) > 1 or raced:
+        lines += ["", "summary, median ms (Markdown):", *format_summary(report)]
     return "\n".join(lines)
+
+
+def format_summary(report: dict) -> list[str]:
+    """One row per regime (preset, batch), one column per implementation, fastest overall
+    first (by the geometric mean of its median over the regime's fastest)."""
+    presets = [m["preset"] for m in report["matmul"]]
+    cells = {(r["preset"], r["backend"]): r for r in report["results"]}
+    names = list(dict.fromkeys(r["backend"] for r in report["results"]))
+
+    def score(name: str) -> float:
+        logs = []
+        for preset in presets:
+            fastest = min((r["median_s"] for r in report["results"] if r["preset"] == preset and r["ok"]),
+                          default=math.nan)
+            r = cells.get((preset, name))
+            logs.append(math.log(r["median_s"] / fastest) if r and r["ok"] else math.inf)
+        logs = [v if not math.isnan(v) else math.inf for v in logs]
+        return sum(logs) / len(logs)
+
+    names.sort(key=score)
+    lines = ["| ms | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for preset in presets:
+        row = [cells.get((preset, name)) for name in names]
+        batch = next(r["batch"] for r in row if r)
+        lines.append(f"| {preset}, B={batch} | " + " | ".join(
+            f"{r['median_s'] * 1e3:.1f}" if r and r["ok"]
+            else "not installed" if r and r["not_installed"] else "not run" for r in row) + " |")
+    return lines
 
 
 def plot_report(report: dict, path: str) -> None:
@@ -338,7 +443,7 @@ def plot_report(report: dict, path: str) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("median latency per call (ms, log scale)")
     s, m = report["settings"], report["machine"]
-    ax.set_title(f"ConvFormer, batch {s['batch']}, {s['dtype']}, "
+    ax.set_title(f"ConvFormer, {_batch_label(s)}, {s['dtype']}, "
                  f"{'train step' if s['train'] else 'inference'}\n"
                  f"{m['cpu']}, {m['threads']} threads, {m['date']}", fontsize=9)
     ax.legend(fontsize=8)

@@ -1,7 +1,8 @@
 """The ``bench``, ``flops`` and ``kernels`` subcommands of ``convformer-fast`` (registered by cli.py).
 
-    convformer-fast bench [--preset P ...] [--batch B] [--backends eager,compile,torch,cpu]
-                          [--threads N] [--dtype float32] [--train] [--json PATH] [--plot PATH]
+    convformer-fast bench [--preset P ...] [--batch B[,B...]] [--backends eager,compile,torch,cpu]
+                          [--peers [P,P]] [--threads N] [--dtype float32] [--train] [--json PATH]
+                          [--plot PATH]
     convformer-fast flops [--preset P] [--batch B] [--backend auto] [--table5] [--roofline]
                           [--json PATH]
     convformer-fast kernels [--quick] [--preset P] [--batch B] [--dtype D] [--arch A]
@@ -52,6 +53,40 @@ def _write_json(path: str, data) -> None:
 # ------------------------------------------------------------------------------- bench
 
 
+def _bench_batches(values: str, presets: list[str]) -> tuple[int, dict[str, int]]:
+    """``--batch``: one size for every preset, or one per preset, in order."""
+    try:
+        batches = [int(v) for v in split_list([values])]
+    except ValueError:
+        raise UsageError(f"--batch: got {values!r}, expected a positive integer or one per preset "
+                         "(comma-separated)") from None
+    if not batches or any(b < 1 for b in batches):
+        raise UsageError(f"--batch: got {values!r}, expected positive integers")
+    if len(batches) == 1:
+        return batches[0], {}
+    if len(batches) != len(presets):
+        raise UsageError(f"--batch: got {len(batches)} sizes for {len(presets)} presets ({', '.join(presets)}); "
+                         "expected one size, or one per preset")
+    return batches[0], dict(zip(presets, batches))
+
+
+def _bench_peers(values: str | None, args, device: str, dtype) -> list[str]:
+    from .peers import PEERS
+
+    if values is None:
+        return []
+    names = list(PEERS) if values == "all" else split_list([values])
+    for name in names:
+        if name not in PEERS:
+            raise UsageError(f"--peers: unknown peer {name!r}; available: {', '.join(PEERS)} (or all)")
+    if args.train:
+        raise UsageError("--peers: the peers are inference runtimes; got --train, expected inference")
+    if device != "cpu" or dtype != torch.float32:
+        raise UsageError(f"--peers: the peers run float32 on the CPU; got --device {device} "
+                         f"--dtype {str(dtype).replace('torch.', '')}")
+    return list(dict.fromkeys(names))
+
+
 def cmd_bench(args) -> int:
     from .bench import COMPILE, EAGER, BenchSettings, format_report, plot_report, run_bench
 
@@ -74,9 +109,11 @@ def cmd_bench(args) -> int:
                              f"{', '.join('.' + f for f in formats)}")
     check_writable(args.json, "--json")
     check_writable(args.plot, "--plot")
+    batch, batches = _bench_batches(args.batch, presets)
+    peers = _bench_peers(args.peers, args, device, dtype)
     set_threads(args.threads)
     settings = BenchSettings(
-        presets=presets, batch=args.batch, backends=backends, dtype=dtype, device=device,
+        presets=presets, batch=batch, batches=batches, peers=peers, backends=backends, dtype=dtype, device=device,
         train=args.train, warmup=args.warmup, repeats=args.repeats,
         min_sample_s=args.min_sample_ms / 1e3, matmul_size=args.matmul_size,
         progress=not args.no_progress, compile_backend=args.compile_backend,
@@ -88,7 +125,7 @@ def cmd_bench(args) -> int:
     if args.plot:
         plot_report(report, args.plot)
         print(f"wrote {args.plot}")
-    return 0 if all(r["ok"] for r in report["results"]) else 1
+    return 0 if all(r["ok"] or r["not_installed"] for r in report["results"]) else 1
 
 
 def add_bench_parser(sub) -> None:
@@ -96,11 +133,17 @@ def add_bench_parser(sub) -> None:
                        description="Time the whole model per backend in one process.")
     p.add_argument("--preset", action="append", metavar="P",
                    help="preset(s), repeatable or comma-separated (default h36m-243)")
-    p.add_argument("--batch", type=POSITIVE_INT, default=1)
+    p.add_argument("--batch", default="1", metavar="B[,B...]",
+                   help="batch size: one for every preset, or one per preset in order (default 1)")
     p.add_argument("--backends", action="append", metavar="B,B",
                    help="eager, compile (torch.compile of eager) and fast backends; "
                         "default: eager, compile and every available one")
-    p.add_argument("--threads", type=POSITIVE_INT, default=None, help="torch.set_num_threads")
+    p.add_argument("--peers", nargs="?", const="all", default=None, metavar="P,P",
+                   help="race the runtimes people deploy with as well (default all): ONNX Runtime and "
+                        "OpenVINO on the eager and the folded ONNX export, torch.compile of the folded "
+                        "model (pip install 'convformer_fast[deploy]'); float32 inference on the CPU")
+    p.add_argument("--threads", type=POSITIVE_INT, default=None,
+                   help="torch.set_num_threads (the peers' runtimes get the same count)")
     p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
     p.add_argument("--device", default="cpu")
     p.add_argument("--train", action="store_true", help="time forward + backward + SGD step")
