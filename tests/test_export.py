@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import convformer_fast as cf
-from convformer_fast import cli
+from convformer_fast.cli import app as cli
 from convformer_fast import export as E
 from convformer_fast.pose.checkpoint import save_checkpoint
 

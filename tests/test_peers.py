@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from convformer_fast import cli
+from convformer_fast.cli import app as cli
 from convformer_fast.perf import peers
 
 TINY = ["--threads", "1", "--repeats", "3", "--warmup", "1", "--min-sample-ms", "1",
