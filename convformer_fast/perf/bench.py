@@ -5,8 +5,12 @@ backend) gets its own copy of one set of weights and the same input. After warm-
 first call of ``torch.compile`` is its compilation, timed separately), each round times
 every implementation once, in an order rotated from round to round, together with a large
 matmul that gives the machine's practical peak in the same conditions. A sample is the
-mean of enough back-to-back calls to last ``min_sample_s``. Reported: median, quartiles
+mean of enough back-to-back calls to last ``min_sample_s`` (on a GPU timed between two
+CUDA events on the stream). Reported: median, quartiles
 and minimum over the rounds; speed-ups are ratios of medians measured in this run.
+
+``graph:<backend>`` replays that backend's forward from a CUDA graph
+(:meth:`convformer_fast.ConvFormerFast.cuda_graph`, captured on its first call).
 
 FLOPs come from PyTorch's ``FlopCounterMode`` (with :mod:`convformer_fast.perf.flops`'s
 formulas) on one call of each implementation, so GFLOP/s counts the work that
@@ -32,6 +36,7 @@ from .machine import machine_info
 
 EAGER = "eager"
 COMPILE = "compile"  # torch.compile of the eager model
+GRAPH_PREFIX = "graph:"  # "graph:cuda": a backend's forward replayed from a CUDA graph
 
 
 @dataclass
@@ -49,6 +54,9 @@ class BenchSettings:
     progress: bool = True
     lr: float = 1e-4
     compile_backend: str = "inductor"
+    #: "on" / "off": TF32 for fp32 matmuls and convolutions on a GPU (both torch switches);
+    #: "default": as torch has them (cuDNN on, matmuls off).
+    tf32: str = "default"
 
 
 @dataclass
@@ -105,11 +113,31 @@ def build_steps(reference: ConvFormer, x: torch.Tensor, settings: BenchSettings)
         elif name == COMPILE:
             torch._dynamo.reset()  # a fresh cache: never hit the recompile limit silently
             model = torch.compile(copy.deepcopy(reference), backend=settings.compile_backend)
+        elif name.startswith(GRAPH_PREFIX):
+            model = ConvFormerFast.from_reference(reference, backend=name.removeprefix(GRAPH_PREFIX))
+            steps[name] = (_graph_step(model.eval(), x, settings.train), model)
+            continue
         else:
             model = ConvFormerFast.from_reference(reference, backend=name)
         model.train(settings.train)
         steps[name] = (_make_step(model, x, settings.train, settings.lr), model)
     return steps
+
+
+def _graph_step(model: ConvFormerFast, x: torch.Tensor, train: bool) -> Callable[[], None]:
+    """Replays of ``model``'s forward from a CUDA graph, captured on the first call (its
+    time, ``first_call_s``, includes the capture)."""
+    graphed = None
+
+    def replay() -> None:
+        nonlocal graphed
+        if train:
+            raise ValueError("CUDA graph variants time inference only (no --train)")
+        if graphed is None:
+            graphed = model.cuda_graph(x)
+        graphed(x)
+
+    return replay
 
 
 def count_step_flops(name: str, model, x, settings: BenchSettings, eager_flops: int) -> tuple[int, str]:
@@ -134,6 +162,17 @@ def count_step_flops(name: str, model, x, settings: BenchSettings, eager_flops: 
 
 
 def _time_calls(fn: Callable[[], None], calls: int, device: str) -> float:
+    if device.startswith("cuda"):
+        # GPU time between two events on the stream: what the calls cost on the device,
+        # host launch overhead included where it leaves the GPU idle.
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        _sync(device)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / calls
     _sync(device)
     start = time.perf_counter()
     for _ in range(calls):
@@ -157,6 +196,8 @@ def run_bench(settings: BenchSettings) -> dict:
     from tqdm import tqdm
 
     threads = torch.get_num_threads()
+    if settings.tf32 != "default":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = settings.tf32 == "on"
     report = dict(machine=machine_info(threads), settings=_settings_dict(settings),
                   results=[], matmul=[])
     per_preset = settings.warmup * (len(settings.backends) + 1) + settings.repeats * (len(settings.backends) + 1)
@@ -275,25 +316,26 @@ def _ratio(value) -> str:
 def format_report(report: dict) -> str:
     s, m = report["settings"], report["machine"]
     lines = [
-        f"convformer-fast bench: batch {s['batch']}, {s['dtype']}, {s['mode']}, device {s['device']}",
+        f"convformer-fast bench: batch {s['batch']}, {s['dtype']}, {s['mode']}, device {s['device']}"
+        + (f", TF32 {s['tf32']}" if s.get("tf32", "default") != "default" else ""),
         f"machine: {m['cpu']}, {m['cores_available']} cores available, torch threads {m['threads']}, "
         f"torch {m['torch']}, {m['date']}" + (f", commit {m['commit']}" if m["commit"] else ""),
         f"method: {s['repeats']} rounds alternating the implementations, warm-up {s['warmup']} "
         f"call(s) each, a sample >= {s['min_sample_s'] * 1e3:.0f} ms of back-to-back calls; "
         "median, IQR = (p75 - p25) / median",
     ]
-    header = (f"{'backend':<9} {'median ms':>10} {'IQR %':>6} {'min ms':>9} {'vs eager':>9} "
+    header = (f"{'backend':<12} {'median ms':>10} {'IQR %':>6} {'min ms':>9} {'vs eager':>9} "
               f"{'vs compile':>10} {'samples/s':>10} {'GFLOP/call':>10} {'GFLOP/s':>8} {'% matmul':>8}")
     for matmul in report["matmul"]:
         preset = matmul["preset"]
         lines += ["", f"{preset}:", header, "-" * len(header)]
         for r in (r for r in report["results"] if r["preset"] == preset):
             if not r["ok"]:
-                lines.append(f"{r['backend']:<9} not run: {r['error']}")
+                lines.append(f"{r['backend']:<12} not run: {r['error']}")
                 continue
             iqr = 100 * (r["p75_s"] - r["p25_s"]) / r["median_s"]
             lines.append(
-                f"{r['backend']:<9} {r['median_s'] * 1e3:>10.2f} {iqr:>6.1f} {r['min_s'] * 1e3:>9.2f} "
+                f"{r['backend']:<12} {r['median_s'] * 1e3:>10.2f} {iqr:>6.1f} {r['min_s'] * 1e3:>9.2f} "
                 f"{_ratio(r['speedup_vs_eager']):>9} {_ratio(r['speedup_vs_compile']):>10} "
                 f"{_fmt(r['samples_per_s'], '.1f'):>10} {r['flops'] / 1e9:>10.3f} "
                 f"{_fmt(r['gflops_per_s'], '.1f'):>8} {_fmt(r['percent_of_matmul'], '.0f'):>7}%")
