@@ -28,9 +28,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 LAUNCH_S = 3e-6
 #: Launches of each CUDA kernel op (the cuda backend's ops, recorded through cuda_emulated).
 CUDA_OP_LAUNCHES = {"spatial_attention_residual": 1, "attention": 1, "qkv_projection": 2}
-#: ATen ops that launch no kernel (allocation, metadata).
+#: ATen ops that launch no kernel (allocation, metadata; dropout in eval returns its input).
 _NO_KERNEL = ("empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
-              "_unsafe_view", "detach", "alias", "lift_fresh", "set_")
+              "_unsafe_view", "detach", "alias", "lift_fresh", "set_", "dropout")
 #: ATen ops launching more than one kernel on a GPU (lower bounds).
 _ATEN_LAUNCHES = {"convolution": 2, "conv1d": 2}
 #: The backend whose op stream stands for each backend's GPU forward.
