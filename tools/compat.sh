@@ -8,9 +8,10 @@
 # Steps, each timed and logged: venv + `pip install torch==TORCH_VERSION` and the test tools the
 # GPU machines have (never fvcore or expecttest, whose absence is checked); a copy of this
 # working tree (tracked and untracked-but-not-ignored files, so the prebuilt _C of the checkout
-# is never overwritten); `FORCE_CUDA=1 pip install --no-build-isolation --no-deps -e .`;
-# `import convformer_fast`; `convformer-fast info`; the CPU test suite (Triton interpreter and
-# CUDA emulator included) with JUnit XML; `convformer-fast kernels --quick`.
+# is never overwritten); `FORCE_CUDA=1 python setup.py build_ext --inplace` in the copy
+# (resumable); `import convformer_fast` from the copy; `convformer-fast info`; the CPU test
+# suite (Triton interpreter and CUDA emulator included) with JUnit XML;
+# `convformer-fast kernels --quick`.
 #
 # Environment:
 #   COMPAT_ROOT      where venvs and source copies live (default ${TMPDIR:-/tmp}/convformer-compat);
@@ -97,10 +98,14 @@ copy_source() {
 
 build_copy() {
     copy_source || return 1
-    (cd "$SRC" && FORCE_CUDA=1 "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e .)
+    # build_ext --inplace, not `pip install -e .`: an editable wheel compiles in a fresh
+    # temporary folder every time, while this keeps $SRC/build, so an interrupted or repeated
+    # build resumes (a full CUDA build takes 10 to 60 minutes on 2 shared cores).
+    (cd "$SRC" && FORCE_CUDA=1 "$VENV/bin/python" setup.py -q build_ext --inplace)
 }
 
-in_src() { (cd "$SRC" && env -u PYTHONPATH -u TRITON_INTERPRET CI=true "$@"); }
+# The copy is imported from its folder (PYTHONPATH), the CLI run as `python -m`.
+in_src() { (cd "$SRC" && env -u TRITON_INTERPRET PYTHONPATH="$SRC" CI=true "$@"); }
 
 import_check() {
     in_src "$VENV/bin/python" -c '
@@ -114,14 +119,14 @@ print("import ok:", cf.__file__, "torch", torch.__version__, "cuda build", torch
 export -f install_torch copy_source build_copy in_src import_check
 export PYTHON TORCH_VERSION VENV SRC REPO
 run_step install 1800 install_torch
-run_step build 2400 build_copy
+run_step build 5400 build_copy
 run_step import 300 import_check
-run_step info 300 in_src "$VENV/bin/convformer-fast" info
+run_step info 300 in_src "$VENV/bin/python" -m convformer_fast.cli info
 JUNIT="$DIR/junit.xml"
 # shellcheck disable=SC2086
 run_step tests 5400 in_src "$VENV/bin/python" -m pytest ${COMPAT_PYTEST:-tests -q} -p no:cacheprovider \
     --junitxml="$JUNIT"
-run_step kernels 1800 in_src "$VENV/bin/convformer-fast" kernels --quick --no-progress
+run_step kernels 1800 in_src "$VENV/bin/python" -m convformer_fast.cli kernels --quick --no-progress
 
 export COMPAT_NAME=$NAME COMPAT_JUNIT=$JUNIT COMPAT_DIR=$DIR
 STEP_LINES=""
