@@ -42,7 +42,8 @@ AUTOTUNE_ENV_VAR = "CONVFORMER_TRITON_AUTOTUNE"
 # the interpreter: one small fixed configuration (no benchmarking; every program runs in
 # Python: per-op overhead favours few programs, per-element cost favours little padding;
 # these sizes were the fastest on the test models) whose sizes the kernel tests then
-# exercise with partial tiles, several blocks per loop and head packing.
+# exercise with partial tiles, several blocks per loop and head packing. The GPU
+# configurations are run under the interpreter too, forced one by one (AUTOTUNED below).
 # ----------------------------------------------------------------------------------------
 
 
