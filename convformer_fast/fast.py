@@ -159,6 +159,16 @@ class ConvFormerFast(ConvFormer):
 
         return freeze(self, backend)
 
+    def cuda_graph(self, example_input: torch.Tensor, warmup: int = 3):
+        """This model's inference forward at ``example_input``'s shape captured in a CUDA
+        graph: ``graphed = model.eval().cuda_graph(x); y = graphed(x)``. A call copies its
+        input in, replays every kernel launch at once and returns the captured output
+        (overwritten by the next call). For batch-1 latency with the ``cuda`` and ``triton``
+        backends, which are launch-bound there; see :mod:`convformer_fast.cuda_graph`."""
+        from .cuda_graph import CudaGraphForward
+
+        return CudaGraphForward(self, example_input, warmup)
+
     @classmethod
     def from_reference(cls, model: ConvFormer, backend: str = AUTO) -> "ConvFormerFast":
         """A fast copy of an eager ``model`` (same weights, dtype, device and mode)."""

@@ -5,12 +5,16 @@ backend) gets its own copy of one set of weights and the same input. After warm-
 first call of ``torch.compile`` is its compilation, timed separately), each round times
 every implementation once, in an order rotated from round to round, together with a large
 matmul that gives the machine's practical peak in the same conditions. A sample is the
-mean of enough back-to-back calls to last ``min_sample_s``. Reported: median, quartiles
+mean of enough back-to-back calls to last ``min_sample_s`` (on a GPU timed between two
+CUDA events on the stream). Reported: median, quartiles
 and minimum over the rounds; speed-ups are ratios of medians measured in this run.
 
 Peers (``--peers``, :mod:`convformer_fast.perf.peers`): ONNX Runtime, OpenVINO and
 ``torch.compile`` of the folded model join the same rounds, each checked against the eager
 model before it is timed; "vs best peer" divides the fastest peer's median by each median.
+
+``graph:<backend>`` replays that backend's forward from a CUDA graph
+(:meth:`convformer_fast.ConvFormerFast.cuda_graph`, captured on its first call).
 
 FLOPs come from PyTorch's ``FlopCounterMode`` (with :mod:`convformer_fast.perf.flops`'s
 formulas) on one call of each implementation, so GFLOP/s counts the work that
@@ -40,6 +44,7 @@ from .machine import machine_info
 
 EAGER = "eager"
 COMPILE = "compile"  # torch.compile of the eager model
+GRAPH_PREFIX = "graph:"  # "graph:cuda": a backend's forward replayed from a CUDA graph
 
 
 @dataclass
@@ -59,6 +64,9 @@ class BenchSettings:
     lr: float = 1e-4
     compile_backend: str = "inductor"
     peers: list[str] = field(default_factory=list)  # peer_runtimes.PEERS to race as well
+    #: "on" / "off": TF32 for fp32 matmuls and convolutions on a GPU (both torch switches);
+    #: "default": as torch has them (cuDNN on, matmuls off).
+    tf32: str = "default"
 
 
 @dataclass
@@ -119,11 +127,31 @@ def build_steps(reference: ConvFormer, x: torch.Tensor, settings: BenchSettings)
         elif name == COMPILE:
             torch._dynamo.reset()  # a fresh cache: never hit the recompile limit silently
             model = torch.compile(copy.deepcopy(reference), backend=settings.compile_backend)
+        elif name.startswith(GRAPH_PREFIX):
+            model = ConvFormerFast.from_reference(reference, backend=name.removeprefix(GRAPH_PREFIX))
+            steps[name] = (_graph_step(model.eval(), x, settings.train), model)
+            continue
         else:
             model = ConvFormerFast.from_reference(reference, backend=name)
         model.train(settings.train)
         steps[name] = (_make_step(model, x, settings.train, settings.lr), model)
     return steps
+
+
+def _graph_step(model: ConvFormerFast, x: torch.Tensor, train: bool) -> Callable[[], None]:
+    """Replays of ``model``'s forward from a CUDA graph, captured on the first call (its
+    time, ``first_call_s``, includes the capture)."""
+    graphed = None
+
+    def replay() -> None:
+        nonlocal graphed
+        if train:
+            raise ValueError("CUDA graph variants time inference only (no --train)")
+        if graphed is None:
+            graphed = model.cuda_graph(x)
+        graphed(x)
+
+    return replay
 
 
 def count_step_flops(name: str, model, x, settings: BenchSettings, eager_flops: int) -> tuple[int, str]:
@@ -148,6 +176,17 @@ def count_step_flops(name: str, model, x, settings: BenchSettings, eager_flops: 
 
 
 def _time_calls(fn: Callable[[], None], calls: int, device: str) -> float:
+    if device.startswith("cuda"):
+        # GPU time between two events on the stream: what the calls cost on the device,
+        # host launch overhead included where it leaves the GPU idle.
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        _sync(device)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / calls
     _sync(device)
     start = time.perf_counter()
     for _ in range(calls):
@@ -171,6 +210,8 @@ def run_bench(settings: BenchSettings) -> dict:
     from tqdm import tqdm
 
     threads = torch.get_num_threads()
+    if settings.tf32 != "default":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = settings.tf32 == "on"
     report = dict(machine=machine_info(threads), settings=_settings_dict(settings),
                   results=[], matmul=[])
     if settings.peers:
@@ -335,7 +376,8 @@ def _batch_label(settings: dict) -> str:
 def format_report(report: dict) -> str:
     s, m = report["settings"], report["machine"]
     lines = [
-        f"convformer-fast bench: {_batch_label(s)}, {s['dtype']}, {s['mode']}, device {s['device']}",
+        f"convformer-fast bench: {_batch_label(s)}, {s['dtype']}, {s['mode']}, device {s['device']}"
+        + (f", TF32 {s['tf32']}" if s.get("tf32", "default") != "default" else ""),
         f"machine: {m['cpu']}, {m['cores_available']} cores available, torch threads {m['threads']}, "
         f"torch {m['torch']}, {m['date']}" + (f", commit {m['commit']}" if m["commit"] else ""),
         f"method: {s['repeats']} rounds alternating the implementations, warm-up {s['warmup']} "

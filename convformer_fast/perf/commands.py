@@ -87,8 +87,23 @@ def _bench_peers(values: str | None, args, device: str, dtype) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+#: Backends whose forward bench also replays from a CUDA graph by default (on a GPU).
+GRAPH_BACKENDS = ("cuda", "triton")
+
+
+def _check_implementation(name: str, device: str) -> str:
+    """A bench implementation: compile, a backend, or graph:<backend> (CUDA graph replay)."""
+    from .bench import COMPILE, GRAPH_PREFIX
+
+    if name.startswith(GRAPH_PREFIX):
+        if device != "cuda":
+            raise UsageError(f"{name!r}: CUDA graph replay needs --device cuda, got {device!r}")
+        return GRAPH_PREFIX + check_backend(name.removeprefix(GRAPH_PREFIX), device)
+    return check_backend(name, device, (COMPILE,))
+
+
 def cmd_bench(args) -> int:
-    from .bench import COMPILE, EAGER, BenchSettings, format_report, plot_report, run_bench
+    from .bench import COMPILE, EAGER, GRAPH_PREFIX, BenchSettings, format_report, plot_report, run_bench
 
     device = parse_device(args.device)
     presets = parse_presets(args.preset, "h36m-243")
@@ -112,11 +127,33 @@ def cmd_bench(args) -> int:
     batch, batches = _bench_batches(args.batch, presets)
     peers = _bench_peers(args.peers, args, device, dtype)
     set_threads(args.threads)
+
+
+    try:
+        device = parse_device(args.device)
+        presets = parse_presets(args.preset, "h36m-243")
+        dtype = parse_dtype(args.dtype)
+        fast = [b for b in default_bench_backends(device) if b != EAGER]
+        default = [EAGER, COMPILE] + fast
+        if device == "cuda" and not args.train:
+            default += [GRAPH_PREFIX + b for b in GRAPH_BACKENDS if b in fast]
+        names = split_list(args.backends) or default
+        backends = list(dict.fromkeys(_check_implementation(n, device) for n in names))
+        compilers = torch.compiler.list_backends(exclude_tags=())
+        if args.compile_backend not in compilers:
+            raise UsageError(f"unknown torch.compile backend {args.compile_backend!r}; "
+                             f"available: {', '.join(compilers)}")
+        if args.batch < 1 or args.repeats < 1 or args.warmup < 1:
+            raise UsageError("--batch, --repeats and --warmup must be >= 1")
+        set_threads(args.threads)
+    except UsageError as error:
+        print(f"convformer-fast bench: error: {error}", file=sys.stderr)
+        return 2
     settings = BenchSettings(
         presets=presets, batch=batch, batches=batches, peers=peers, backends=backends, dtype=dtype, device=device,
         train=args.train, warmup=args.warmup, repeats=args.repeats,
         min_sample_s=args.min_sample_ms / 1e3, matmul_size=args.matmul_size,
-        progress=not args.no_progress, compile_backend=args.compile_backend,
+        progress=not args.no_progress, compile_backend=args.compile_backend, tf32=args.tf32,
     )
     report = run_bench(settings)
     print(format_report(report))
@@ -154,6 +191,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--matmul-size", type=POSITIVE_INT, default=1024, help="n of the n^3 reference matmul")
     p.add_argument("--compile-backend", default="inductor",
                    help="backend of the torch.compile baseline (default inductor)")
+    p.add_argument("--tf32", choices=("default", "on", "off"), default="default",
+                   help="TF32 for fp32 matmuls and convolutions on a GPU (default: torch's "
+                        "settings, cuDNN on and matmuls off)")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG chart of latency per backend")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -33,13 +33,17 @@ import triton
 import triton.language as tl
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+#: "first": each autotuner keeps only its first allowed configuration (no timing of the
+#: others when a shape is first seen; for GPU test runs, which see many shapes once).
+AUTOTUNE_ENV_VAR = "CONVFORMER_TRITON_AUTOTUNE"
 
 # ----------------------------------------------------------------------------------------
 # Autotune configurations. On a GPU: A100/H100 tile shapes keyed on the problem shape. Under
 # the interpreter: one small fixed configuration (no benchmarking; every program runs in
 # Python: per-op overhead favours few programs, per-element cost favours little padding;
 # these sizes were the fastest on the test models) whose sizes the kernel tests then
-# exercise with partial tiles, several blocks per loop and head packing.
+# exercise with partial tiles, several blocks per loop and head packing. The GPU
+# configurations are run under the interpreter too, forced one by one (AUTOTUNED below).
 # ----------------------------------------------------------------------------------------
 
 
@@ -80,6 +84,8 @@ def _pruned_to(allowed: Callable[[str, dict], set[str]], dtype_arg: str):
         kept = [c for c in configs if config_name(c) in names]
         if not kept:
             raise RuntimeError(f"no autotune configuration for the {path} path with {kwargs}")
+        if os.environ.get(AUTOTUNE_ENV_VAR, "") == "first":
+            return kept[:1]  # one configuration: no benchmarking (test runs on a GPU)
         return kept
 
     return prune
@@ -179,10 +185,44 @@ def _attention_allowed(kernel: str):
     return allowed
 
 
-def preprocess_block_rows(block_d: int) -> int:
+def preprocess_block_rows(block_d: int, interpreted: bool = INTERPRETED) -> int:
     """Rows per program of attention_bwd_preprocess_kernel: 4096-element tiles on a GPU
     (no spills up to BLOCK_D 256 with 4 warps), large tiles under the interpreter."""
-    return 512 if INTERPRETED else max(16, 4096 // block_d)
+    return 512 if interpreted else max(16, 4096 // block_d)
+
+
+# Every autotuned kernel's GPU configurations and what its pruning keeps, in one table that
+# holds whatever mode the kernels run in: the autotuners below prune with it on a GPU, and
+# the tests force each configuration it names under the interpreter
+# (tests/triton/test_triton_configs.py), where the autotuners hold one fixed configuration.
+AUTOTUNED: dict[str, tuple[list[dict], Callable[[str, dict], set[str]]]] = {
+    "qkv_projection_fwd_kernel": (_GEMM_GPU, _gemm_allowed("fwd")),
+    "qkv_projection_grad_input_kernel": (_GEMM_GPU, _gemm_allowed("grad_input")),
+    "qkv_projection_grad_weight_kernel": (_GEMM_GPU, _gemm_allowed("grad_weight")),
+    "attention_fwd_kernel": (_ATTN_GPU, _attention_allowed("fwd")),
+    "attention_bwd_dkdv_kernel": (_ATTN_GPU, _attention_allowed("dkdv")),
+    "attention_bwd_dq_kernel": (_ATTN_GPU, _attention_allowed("dq")),
+}
+ARITHMETIC_PATHS = ("fp16/bf16", "tf32", "fp32", "fp64")
+#: A BLOCK_D of each head-dim class of the attention kernels' pruning (<= 16, above 16).
+HEAD_DIM_CLASSES = {"narrow": 16, "wide": 128}
+
+
+def _pruning(kernel_name: str, dtype_arg: str) -> dict:
+    """``prune_configs_by`` of an autotuned kernel: keep what :data:`AUTOTUNED` allows."""
+    return dict(early_config_prune=_pruned_to(AUTOTUNED[kernel_name][1], dtype_arg))
+
+
+def gpu_configs(kernel_name: str, path: str, block_d: int | None = None) -> list:
+    """The configurations a GPU's pruned autotuner may pick for ``kernel_name`` on arithmetic
+    ``path`` (:func:`arithmetic_path`) and, for attention, head dim padded to ``block_d``;
+    for the attention backward's preprocess kernel (not autotuned) its fixed GPU tile."""
+    if kernel_name == "attention_bwd_preprocess_kernel":
+        return [triton.Config({"BLOCK_M": preprocess_block_rows(block_d, interpreted=False)},
+                              num_warps=4, num_stages=1)]
+    shapes, allowed = AUTOTUNED[kernel_name]
+    names = allowed(path, {"BLOCK_D": block_d})
+    return [c for c in _as_configs(shapes) if config_name(c) in names]
 
 
 # ----------------------------------------------------------------------------------------
@@ -236,7 +276,7 @@ def _qkv_position_offset(n, l, S, H, HEAD_DIM, SPATIAL: tl.constexpr):
 
 
 @triton.autotune(configs=GEMM_CONFIGS, key=["N", "L", "C", "KSIZE", "SPATIAL", "ALLOW_TF32"],
-                 prune_configs_by=dict(early_config_prune=_pruned_to(_gemm_allowed("fwd"), "x_ptr")))
+                 prune_configs_by=_pruning("qkv_projection_fwd_kernel", "x_ptr"))
 @triton.jit
 def qkv_projection_fwd_kernel(
     x_ptr, w_ptr, b_ptr, qkv_ptr,
@@ -292,7 +332,7 @@ def qkv_projection_fwd_kernel(
 
 
 @triton.autotune(configs=GEMM_CONFIGS, key=["N", "L", "C", "KSIZE", "SPATIAL", "ALLOW_TF32"],
-                 prune_configs_by=dict(early_config_prune=_pruned_to(_gemm_allowed("grad_input"), "g_ptr")))
+                 prune_configs_by=_pruning("qkv_projection_grad_input_kernel", "g_ptr"))
 @triton.jit
 def qkv_projection_grad_input_kernel(
     g_ptr, w_ptr, gx_ptr,
@@ -340,7 +380,7 @@ def qkv_projection_grad_input_kernel(
 
 
 @triton.autotune(configs=GEMM_CONFIGS, key=["N", "L", "C", "KSIZE", "SPATIAL", "ALLOW_TF32"],
-                 prune_configs_by=dict(early_config_prune=_pruned_to(_gemm_allowed("grad_weight"), "g_ptr")))
+                 prune_configs_by=_pruning("qkv_projection_grad_weight_kernel", "g_ptr"))
 @triton.jit
 def qkv_projection_grad_weight_kernel(
     g_ptr, x_ptr, gw_ptr, gb_ptr,
@@ -458,7 +498,7 @@ def _out_offset(row, S, H, stride_on, stride_oh, stride_os):
 
 
 @triton.autotune(configs=ATTN_CONFIGS, key=["NH", "S", "BLOCK_D", "ALLOW_TF32"],
-                 prune_configs_by=dict(early_config_prune=_pruned_to(_attention_allowed("fwd"), "qkv_ptr")))
+                 prune_configs_by=_pruning("attention_fwd_kernel", "qkv_ptr"))
 @triton.jit
 def attention_fwd_kernel(
     qkv_ptr, out_ptr, lse_ptr,
@@ -544,7 +584,7 @@ def attention_bwd_preprocess_kernel(
 
 
 @triton.autotune(configs=ATTN_BWD_CONFIGS, key=["NH", "S", "BLOCK_D", "ALLOW_TF32"],
-                 prune_configs_by=dict(early_config_prune=_pruned_to(_attention_allowed("dkdv"), "qkv_ptr")))
+                 prune_configs_by=_pruning("attention_bwd_dkdv_kernel", "qkv_ptr"))
 @triton.jit
 def attention_bwd_dkdv_kernel(
     qkv_ptr, dout_ptr, lse_ptr, delta_ptr, dqkv_ptr,
@@ -601,7 +641,7 @@ def attention_bwd_dkdv_kernel(
 
 
 @triton.autotune(configs=ATTN_BWD_CONFIGS, key=["NH", "S", "BLOCK_D", "ALLOW_TF32"],
-                 prune_configs_by=dict(early_config_prune=_pruned_to(_attention_allowed("dq"), "qkv_ptr")))
+                 prune_configs_by=_pruning("attention_bwd_dq_kernel", "qkv_ptr"))
 @triton.jit
 def attention_bwd_dq_kernel(
     qkv_ptr, dout_ptr, lse_ptr, delta_ptr, dqkv_ptr,

@@ -166,8 +166,17 @@ class KernelLaunch:
     args: tuple
     kwargs: dict
 
-    def run(self) -> None:
-        _launch(self.kernel)[self.grid](*self.args, **self.kwargs)
+    def run(self, config: triton.Config | None = None) -> None:
+        """Launch; ``config``: this configuration's meta-parameters instead of the
+        autotuner's choice (the tests force each configuration a GPU may pick)."""
+        if config is None:
+            _launch(self.kernel)[self.grid](*self.args, **self.kwargs)
+            return
+        kernel = self.kernel
+        while hasattr(kernel, "configs"):  # under @triton.autotune: launch the kernel itself
+            kernel = kernel.fn
+        meta = {**self.kwargs, **config.all_kwargs()}
+        _launch(kernel)[self.grid](*self.args, **meta)
 
 
 def _run(launches: list[KernelLaunch], like: torch.Tensor) -> None:
@@ -199,9 +208,10 @@ def qkv_projection_plan(x, weight, bias, num_heads, layout, allow_tf32=False):
 
 
 def qkv_projection_backward_plan(grad_qkv, x, weight, num_heads, layout, allow_tf32=False,
-                                 sm_count=1):
+                                 sm_count=1, splits=None):
     """Allocate grad x and the fp32 (fp64) partial sums of grad W and grad b, and plan the two
-    backward kernels: ``((grad_x, grad_w_parts, grad_b_parts), [KernelLaunch])``."""
+    backward kernels: ``((grad_x, grad_w_parts, grad_b_parts), [KernelLaunch])``.
+    ``splits``: row chunks of the weight gradient (default: as many as keep the GPU busy)."""
     n, s, f, c, length, ksize, head_dim = _projection_geometry(_PROJ_BWD, x, weight, num_heads,
                                                                layout)
     if grad_qkv.shape != (3, n, num_heads, s, head_dim):
@@ -211,7 +221,7 @@ def qkv_projection_backward_plan(grad_qkv, x, weight, num_heads, layout, allow_t
     sxn, sxc, sxl = _conv_strides(x, layout)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     rows, reduction = n * length, c * ksize
-    splits = _weight_grad_splits(rows, 3 * c, reduction, sm_count)
+    splits = splits or _weight_grad_splits(rows, 3 * c, reduction, sm_count)
     grad_x = torch.empty_like(x)
     grad_w_parts = x.new_empty((splits, 3 * c, reduction), dtype=acc_dtype)
     grad_b_parts = x.new_empty((splits, 3 * c), dtype=acc_dtype)
@@ -292,7 +302,7 @@ def attention_backward_plan(grad_out, qkv, out, lse, allow_tf32=False):
     grid = _attention_grid(s, nh)  # both kernels own BLOCK_M rows (keys for dK/dV, queries for dQ)
     return grad_qkv, [
         KernelLaunch(kernels.attention_bwd_preprocess_kernel,
-                     lambda meta: (triton.cdiv(nh * s, preprocess_rows),),
+                     lambda meta: (triton.cdiv(nh * s, meta["BLOCK_M"]),),
                      (out, grad_out, delta, nh, s, h, head_dim, *out_strides),
                      dict(BLOCK_M=preprocess_rows, BLOCK_D=block_d)),
         KernelLaunch(kernels.attention_bwd_dkdv_kernel, grid,
