@@ -39,11 +39,16 @@ CENTRE, LAST = "centre", "last"
 TARGET_FRAMES = (CENTRE, LAST)
 
 
+def check_target_frame(target_frame: str) -> str:
+    """``target_frame`` if it is one of :data:`TARGET_FRAMES`, else a ValueError naming it."""
+    return _checks.check_choice("target_frame", target_frame, TARGET_FRAMES)
+
+
 def target_position(length: int, target_frame: str = CENTRE) -> int:
     """Index of the predicted frame inside a ``length``-frame window: ``length // 2`` for
     ``"centre"`` (``length // 2`` frames of look-ahead), ``length - 1`` for ``"last"``
     (causal: the window holds only the target and its past)."""
-    _checks.check_choice("target_frame", target_frame, TARGET_FRAMES)
+    check_target_frame(target_frame)
     return length // 2 if target_frame == CENTRE else length - 1
 
 
@@ -219,7 +224,7 @@ class ConvFormer(nn.Module):
         **block_kwargs,
     ):
         super().__init__()
-        self.target_frame = _checks.check_choice("target_frame", target_frame, TARGET_FRAMES)
+        self.target_frame = check_target_frame(target_frame)
         self.num_frames = _checks.check_positive_int("num_frames", num_frames)
         self.num_joints = _checks.check_positive_int("num_joints", num_joints)
         self.embed_dim = _checks.check_positive_int("embed_dim", embed_dim)

@@ -29,7 +29,7 @@ import torch
 import triton
 
 from ..ops.spec import FLOAT_DTYPES, NAMESPACE, TRITON_PREFIX, library_schema
-from . import MAX_HEAD_DIM, kernels
+from . import MAX_HEAD_DIM, configs, kernels
 
 INTERPRETED = kernels.INTERPRETED
 SUPPORTED_DTYPES = FLOAT_DTYPES
@@ -298,7 +298,7 @@ def attention_backward_plan(grad_out, qkv, out, lse, allow_tf32=False):
     out_strides = (s * h * head_dim, head_dim, h * head_dim)
     common = dict(ACC_FP64=qkv.dtype == torch.float64, ALLOW_TF32=allow_tf32, BLOCK_D=block_d)
     args = (nh, s, h, head_dim, nh * s * head_dim, *out_strides)
-    preprocess_rows = kernels.preprocess_block_rows(block_d)
+    preprocess_rows = configs.preprocess_block_rows(block_d)
     grid = _attention_grid(s, nh)  # both kernels own BLOCK_M rows (keys for dK/dV, queries for dQ)
     return grad_qkv, [
         KernelLaunch(kernels.attention_bwd_preprocess_kernel,

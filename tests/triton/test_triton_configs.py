@@ -2,7 +2,7 @@
 op registry's references.
 
 Under the interpreter each autotuner holds one fixed configuration, so the tile shapes a
-GPU picks from (``kernels.AUTOTUNED``, pruned per arithmetic path and head-dim class) would
+GPU picks from (``convformer_fast.triton.configs.AUTOTUNED``, pruned per arithmetic path and head-dim class) would
 otherwise only be compiled (by the audit), never run. Here each one is forced
 (``KernelLaunch.run(config)``) on shapes built from its tile: one full tile plus one element
 on every tiled axis (rows, output channels, the reduction loop, owned and streamed attention
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import zlib
 from dataclasses import dataclass
 
@@ -78,10 +79,10 @@ def pruned_configurations(kernels) -> list[tuple[str, str | None, str, object]]:
     autotuner may pick, and the preprocess kernel's fixed tile per class."""
     rows = []
     for kernel in GEMM_KERNELS + ATTENTION_KERNELS:
-        classes = kernels.HEAD_DIM_CLASSES if kernel in ATTENTION_KERNELS else {None: None}
+        classes = CONFIGS.HEAD_DIM_CLASSES if kernel in ATTENTION_KERNELS else {None: None}
         for cls, block_d in classes.items():
-            for path in kernels.ARITHMETIC_PATHS:
-                for config in kernels.gpu_configs(kernel, path, block_d):
+            for path in CONFIGS.ARITHMETIC_PATHS:
+                for config in CONFIGS.gpu_configs(kernel, path, block_d):
                     rows.append((kernel, cls, path, config))
     return rows
 
@@ -91,7 +92,7 @@ def config_cases(kernels, interpreted: bool) -> list[ConfigCase]:
     differ only in num_warps / num_stages are one execution."""
     groups: dict[tuple, list] = {}
     for kernel, cls, path, config in pruned_configurations(kernels):
-        name = kernels.config_name(config)
+        name = CONFIGS.config_name(config)
         key = (kernel, cls, name.split(" ")[0] if interpreted else name)
         groups.setdefault(key, [config, set()])[1].add(path)
     cases = []
@@ -119,6 +120,8 @@ def selected(cases: list[ConfigCase]) -> list[ConfigCase]:
 
 
 KERNELS = _kernels()
+# imported through the kernels (above), so its interpreted/GPU mode is theirs
+CONFIGS = sys.modules["convformer_fast.triton.configs"] if KERNELS else None
 INTERPRETED = bool(KERNELS and KERNELS.INTERPRETED)
 ALL_CASES = config_cases(KERNELS, INTERPRETED) if KERNELS else []
 CASES = selected(ALL_CASES)
@@ -276,9 +279,9 @@ def _check_attention(case: ConfigCase, config, meta: dict):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_forced_configuration_matches_reference(case: ConfigCase):
     kernels = KERNELS
-    configs = {kernels.config_name(c): c for path in case.paths for c in kernels.gpu_configs(
-        case.kernel, path, kernels.HEAD_DIM_CLASSES.get(case.head_dim_class))}
-    config = next(c for name, c in configs.items()
+    allowed = {CONFIGS.config_name(c): c for path in case.paths for c in CONFIGS.gpu_configs(
+        case.kernel, path, CONFIGS.HEAD_DIM_CLASSES.get(case.head_dim_class))}
+    config = next(c for name, c in allowed.items()
                   if name == case.config_name or name.split(" ")[0] == case.config_name)
     meta = dict(case.meta)
     if case.kernel in GEMM_KERNELS:
@@ -292,9 +295,9 @@ def test_every_kernel_path_and_class_has_configurations():
     head-dim class (a kernel added to AUTOTUNED without configurations would fail here)."""
     rows = pruned_configurations(KERNELS)
     seen = {(k, c, p) for k, c, p, _ in rows}
-    for kernel in KERNELS.AUTOTUNED:
-        classes = KERNELS.HEAD_DIM_CLASSES if kernel in ATTENTION_KERNELS else [None]
+    for kernel in CONFIGS.AUTOTUNED:
+        classes = CONFIGS.HEAD_DIM_CLASSES if kernel in ATTENTION_KERNELS else [None]
         for cls in classes:
-            for path in KERNELS.ARITHMETIC_PATHS:
+            for path in CONFIGS.ARITHMETIC_PATHS:
                 assert (kernel, cls, path) in seen, (kernel, cls, path)
     assert {c.kernel for c in ALL_CASES} == set(GEMM_KERNELS + ATTENTION_KERNELS)

@@ -19,8 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..._checks import check_choice
-from ...reference import CENTRE, TARGET_FRAMES, target_position
+from ...reference import CENTRE, check_target_frame, target_position
 from .skeleton import flip_horizontal
 
 __all__ = [
@@ -167,7 +166,7 @@ class PoseWindowDataset:
             raise ValueError("flip_augment: got True without kps_left/kps_right and "
                              "joints_left/joints_right, expected both symmetries")
         self.receptive_field = int(receptive_field)
-        self.target_frame = check_choice("target_frame", target_frame, TARGET_FRAMES)
+        self.target_frame = check_target_frame(target_frame)
         self.stride = int(stride)
         self.flip_augment = bool(flip_augment)
         self.kps_left, self.kps_right = list(kps_left), list(kps_right)
