@@ -278,7 +278,6 @@ def _check_attention(case: ConfigCase, config, meta: dict):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_forced_configuration_matches_reference(case: ConfigCase):
-    kernels = KERNELS
     allowed = {CONFIGS.config_name(c): c for path in case.paths for c in CONFIGS.gpu_configs(
         case.kernel, path, CONFIGS.HEAD_DIM_CLASSES.get(case.head_dim_class))}
     config = next(c for name, c in allowed.items()
