@@ -12,7 +12,7 @@ import torch
 
 import convformer_fast as cf
 from convformer_fast import ConvFormer, ConvFormerFast
-from convformer_fast.cli import main as cli_main
+from convformer_fast.cli.app import main as cli_main
 
 HAS_CUDA = torch.cuda.is_available()
 GRAPH_BACKENDS = ["cuda", "triton"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import subprocess
 import sys
@@ -19,9 +20,9 @@ import pytest
 import torch
 
 import convformer_fast as cf
-from convformer_fast.cli import main
+from convformer_fast.cli.app import main
 from convformer_fast.pose import StreamingLifter, lift_sequence, prepare_keypoints
-from convformer_fast.pose.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from convformer_fast.pose.checkpoint import load_checkpoint, save_checkpoint
 from convformer_fast.pose.data import PoseSequence, PoseWindowDataset, extract_window, window_indices
 from convformer_fast.pose.data import write_synthetic_h36m
 from convformer_fast.pose.data.skeleton import H36M_17
@@ -336,13 +337,22 @@ def causal_run(tmp_path_factory):
     return data, out
 
 
+def _user_error(capsys, pattern: str, code: int) -> str:
+    """The CLI's convention (docs/cli.md): exit code 2 and one line on stderr matching
+    ``pattern``; returns what went to stdout."""
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and re.search(pattern, captured.err), captured.err
+    return captured.out
+
+
 def test_causal_training_eval_and_infer(causal_run, capsys, tmp_path):
     data, out = causal_run
     checkpoint = load_checkpoint(out / "last.pt")
     assert checkpoint["config"]["target_frame"] == "last"
-    with pytest.raises(CheckpointError, match="target_frame: checkpoint has 'last', model has 'centre'"):
-        main(["train", "--data-dir", str(data), *TINY, "--target-frame", "centre", "--epochs", "2",
-              "--resume", str(out / "last.pt")])
+    _user_error(capsys, "target_frame: checkpoint has 'last', model has 'centre'",
+                main(["train", "--data-dir", str(data), *TINY, "--target-frame", "centre", "--epochs", "2",
+                "--resume", str(out / "last.pt")]))
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data-dir", str(data), "--backend", "torch"]) == 0
     assert "target frame last" in capsys.readouterr().out
     # infer cuts causal windows: the plain model on past-only windows gives the same poses
@@ -457,27 +467,21 @@ def test_infer_stream_bad_input_names_the_line(files, monkeypatch, capsys):
         monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
         return main(args)
 
-    with pytest.raises(ValueError, match=r"stdin: the stream ended in the middle of line 4 \(got '\[\[.*' and "
-                                         r"no newline\), expected whole lines"):
-        run_with("\n".join(lines) + "\n" + lines[0][:40])
-    assert len(capsys.readouterr().out.splitlines()) == 3  # the frames before it were answered
-    with pytest.raises(ValueError, match=r"stdin line 2: got '\{\"x\": 1', not JSON \(Expecting .* column 8\)"):
-        run_with(lines[0] + "\n{\"x\": 1\n")
-    with pytest.raises(ValueError, match=r"stdin frame 2: keypoints_2d: got a dict that is not a numeric array"):
-        run_with(lines[0] + "\n{\"x\": 1}\n")
-    with pytest.raises(ValueError, match=r"stdin frame 3: keypoints_2d: got shape \(16, 3\), expected \(17, 2\)"):
-        run_with(lines[0] + "\n\n" + json.dumps(coco[0, :16].tolist()) + "\n")
-    with pytest.raises(ValueError, match=r"stdin frame 2: keypoints_2d: confidence of joint 0 \(nose\) is nan"):
-        run_with(lines[0] + "\n" + json.dumps(np.where(np.arange(3) == 2, np.nan, coco[0]).tolist()) + "\n")
+    answered = _user_error(capsys, r"stdin: the stream ended in the middle of line 4 \(got '\[\[.*' and "
+                                   r"no newline\), expected whole lines",
+                           run_with("\n".join(lines) + "\n" + lines[0][:40]))
+    assert len(answered.splitlines()) == 3  # the frames before it were answered
+    _user_error(capsys, r"stdin line 2: got '\{\"x\": 1', not JSON \(Expecting .* column 8\)", run_with(lines[0] + "\n{\"x\": 1\n"))
+    _user_error(capsys, r"stdin frame 2: keypoints_2d: got a dict that is not a numeric array", run_with(lines[0] + "\n{\"x\": 1}\n"))
+    _user_error(capsys, r"stdin frame 3: keypoints_2d: got shape \(16, 3\), expected \(17, 2\)", run_with(lines[0] + "\n\n" + json.dumps(coco[0, :16].tolist()) + "\n"))
+    _user_error(capsys, r"stdin frame 2: keypoints_2d: confidence of joint 0 \(nose\) is nan", run_with(lines[0] + "\n" + json.dumps(np.where(np.arange(3) == 2, np.nan, coco[0]).tolist()) + "\n"))
     assert run_with(lines[0] + "\n" + lines[1]) == 0  # a last line without newline, but whole, is fine
-    with pytest.raises(ValueError, match="--out: got 'p.npz' with --stream, expected '-'"):
-        main(args[:7] + ["p.npz"] + args[8:])
-    with pytest.raises(ValueError, match=r"--width/--height: got none"):
-        main(args[:8])
-    with pytest.raises(ValueError, match=r"--keypoints: got '-' \(stdin\) without --stream"):
-        main(args[:1] + args[2:])
+    capsys.readouterr()
+    _user_error(capsys, "--out: got 'p.npz' with --stream, expected '-'", main(args[:7] + ["p.npz"] + args[8:]))
+    _user_error(capsys, r"--width/--height: got none", main(args[:8]))
+    _user_error(capsys, r"--keypoints: got '-' \(stdin\) without --stream", main(args[:1] + args[2:]))
     bad = root / "bad.npy"
     np.save(bad, np.zeros((5, 15, 2)))
-    with pytest.raises(ValueError, match=r"holds shape \(5, 15, 2\), expected \(frames, 17, 2\)"):
-        main(["infer", "--stream", "--keypoints", str(bad), "--checkpoint", str(causal), "--out", "-",
-              "--normalized"])
+    _user_error(capsys, r"holds shape \(5, 15, 2\), expected \(frames, 17, 2\)",
+                main(["infer", "--stream", "--keypoints", str(bad), "--checkpoint", str(causal), "--out", "-",
+                "--normalized"]))
