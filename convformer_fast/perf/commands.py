@@ -108,9 +108,12 @@ def cmd_bench(args) -> int:
     device = parse_device(args.device)
     presets = parse_presets(args.preset, "h36m-243")
     dtype = parse_dtype(args.dtype)
-    default = [EAGER, COMPILE] + [b for b in default_bench_backends(device) if b != EAGER]
+    fast = [b for b in default_bench_backends(device) if b != EAGER]
+    default = [EAGER, COMPILE] + fast
+    if device == "cuda" and not args.train:
+        default += [GRAPH_PREFIX + b for b in GRAPH_BACKENDS if b in fast]
     names = split_list(args.backends) or default
-    backends = list(dict.fromkeys(check_backend(n, device, (COMPILE,)) for n in names))
+    backends = list(dict.fromkeys(_check_implementation(n, device) for n in names))
     compilers = torch.compiler.list_backends(exclude_tags=())
     if args.compile_backend not in compilers:
         raise UsageError(f"unknown torch.compile backend {args.compile_backend!r}; "
@@ -127,28 +130,6 @@ def cmd_bench(args) -> int:
     batch, batches = _bench_batches(args.batch, presets)
     peers = _bench_peers(args.peers, args, device, dtype)
     set_threads(args.threads)
-
-
-    try:
-        device = parse_device(args.device)
-        presets = parse_presets(args.preset, "h36m-243")
-        dtype = parse_dtype(args.dtype)
-        fast = [b for b in default_bench_backends(device) if b != EAGER]
-        default = [EAGER, COMPILE] + fast
-        if device == "cuda" and not args.train:
-            default += [GRAPH_PREFIX + b for b in GRAPH_BACKENDS if b in fast]
-        names = split_list(args.backends) or default
-        backends = list(dict.fromkeys(_check_implementation(n, device) for n in names))
-        compilers = torch.compiler.list_backends(exclude_tags=())
-        if args.compile_backend not in compilers:
-            raise UsageError(f"unknown torch.compile backend {args.compile_backend!r}; "
-                             f"available: {', '.join(compilers)}")
-        if args.batch < 1 or args.repeats < 1 or args.warmup < 1:
-            raise UsageError("--batch, --repeats and --warmup must be >= 1")
-        set_threads(args.threads)
-    except UsageError as error:
-        print(f"convformer-fast bench: error: {error}", file=sys.stderr)
-        return 2
     settings = BenchSettings(
         presets=presets, batch=batch, batches=batches, peers=peers, backends=backends, dtype=dtype, device=device,
         train=args.train, warmup=args.warmup, repeats=args.repeats,
