@@ -66,6 +66,23 @@ def assert_close(actual, expected, tol, what=""):
                                msg=lambda m: f"{what}: {m}")
 
 
+@pytest.fixture
+def exact_fp32():
+    """fp32 without TF32 in cuDNN convolutions or cuBLAS matmuls (cuDNN allows it by
+    default), so fp32 compares at fp32 tolerances; a test may switch TF32 on again, and the
+    switches are restored afterwards.
+
+    Saved and restored by hand, not with monkeypatch: torch serves
+    ``torch.backends.cuda.matmul.allow_tf32`` through ``__getattr__``, which pytest 9.2's
+    monkeypatch takes for an absent attribute and tries to delete on undo (AttributeError
+    at every teardown)."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = False
+    yield
+    matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
 @pytest.fixture(params=FAST_BACKENDS)
 def fast_backend(request):
     return request.param

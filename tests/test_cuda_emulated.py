@@ -529,13 +529,7 @@ def test_cuda_backend_reports_why_it_is_unavailable():
 
 # ---------------------------------------------------------- on a GPU (skipped without one)
 
-@pytest.fixture
-def exact_fp32():
-    """fp32 on a GPU: no TF32 in cuDNN convolutions or matmuls (ours or eager's)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+# exact_fp32 (conftest.py): no TF32 in cuDNN convolutions or matmuls, ours or eager's.
 
 
 @cuda_only

@@ -71,13 +71,6 @@ def test_bench_graph_variant_needs_a_gpu(capsys):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def exact_fp32(monkeypatch):
-    """fp32 without TF32 (cuDNN allows it by default): comparable with eager to 1e-4."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-
-
 def _gpu_models(preset: str, backend: str, dtype=torch.float32):
     torch.manual_seed(0)
     eager = ConvFormer.from_preset(preset).eval().to("cuda", dtype)

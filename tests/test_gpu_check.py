@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -21,6 +22,7 @@ STEPS = ["env", "build", "tests", "launches", "bench-b1-float32-tf32-off", "micr
 
 def _run(*args, timeout=900):
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTEST_ADDOPTS")}
+    env["PYTHON"] = sys.executable  # the script's steps run this interpreter, not PATH's python3
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=REPO)
 

@@ -124,12 +124,9 @@ def sample_args(name, impl, dtype, index):
     return tuple(move(a) for a in args)
 
 
-@pytest.fixture(autouse=True)
-def exact_fp32_on_gpu(monkeypatch):
-    """fp32 on a GPU: no TF32 in cuDNN convolutions or matmuls (the kernels follow torch's
-    switches), so fp32 is compared at fp32 tolerances."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+# fp32 on a GPU: no TF32 in cuDNN convolutions or matmuls (the kernels follow torch's
+# switches), so fp32 is compared at fp32 tolerances.
+pytestmark = pytest.mark.usefixtures("exact_fp32")
 
 
 def test_registry_layers_agree():

@@ -30,7 +30,39 @@ import triton
 import triton.language as tl
 
 # INTERPRETED: the mode these kernels were defined in (read by triton/__init__.py and the audit)
-from .configs import ATTN_BWD_CONFIGS, ATTN_CONFIGS, GEMM_CONFIGS, INTERPRETED, pruning  # noqa: F401
+from .configs import ATTN_BWD_CONFIGS, ATTN_CONFIGS, GEMM_CONFIGS, INTERPRETED, pruning
+
+
+def _interpreter_index_squeezes_scalars() -> None:
+    """Make the interpreter's ``tensor.__index__`` accept the 1-element arrays it uses for scalars.
+
+    The interpreter of triton 3.6 (the GPU machines' version) holds a scalar kernel argument
+    as a 1-element array and converts it with ``int(array)``, which numpy refuses for
+    ndim > 0 arrays (2.4.6 and 2.5.5 here: "only 0-dimensional arrays can be converted to
+    Python scalars"), so every loop over a runtime bound, ``range(0, C, BLOCK_K)``, failed.
+    Triton 3.8 squeezes the array first; this wraps the older patcher to do the same. It
+    changes nothing where the interpreter already squeezes, or has another layout."""
+    import inspect
+
+    from triton.runtime import interpreter
+
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    try:
+        unsqueezed = "int(self.handle.data))" in inspect.getsource(patch_tensor)
+    except (TypeError, OSError):  # not there, or no source: nothing known to fix
+        return
+    if not unsqueezed:
+        return
+
+    def patch_tensor_with_squeeze(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    interpreter._patch_lang_tensor = patch_tensor_with_squeeze
+
+
+if INTERPRETED:
+    _interpreter_index_squeezes_scalars()
 
 # ----------------------------------------------------------------------------------------
 # Helpers
@@ -39,11 +71,14 @@ from .configs import ATTN_BWD_CONFIGS, ATTN_CONFIGS, GEMM_CONFIGS, INTERPRETED, 
 
 @triton.jit
 def _dot(a, b, acc, ALLOW_TF32: tl.constexpr):
-    """acc + a @ b with the precision stated: TF32 only when the caller allows it (fp32)."""
+    """acc + a @ b with the precision stated: TF32 only when the caller allows it (fp32).
+
+    out_dtype is the accumulator's: triton 3.6 defaults it to fp32 and refuses an fp64
+    accumulator otherwise (3.8 takes it from acc)."""
     if ALLOW_TF32:
-        return tl.dot(a, b, acc, input_precision="tf32")
+        return tl.dot(a, b, acc, input_precision="tf32", out_dtype=acc.dtype)
     else:
-        return tl.dot(a, b, acc, input_precision="ieee")
+        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)
 
 
 @triton.jit

@@ -317,14 +317,17 @@ def attention_backward_plan(grad_out, qkv, out, lse, allow_tf32=False):
 # ---------------------------------------------------------------------------------------
 
 
-def _qkv_projection_impl(x, weight, bias, num_heads, layout, winograd_weight=None):
+def _qkv_projection_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_heads: int,
+                         layout: str, winograd_weight: torch.Tensor | None = None) -> torch.Tensor:
     _check_tensors(_PROJ, x=x, weight=weight, bias=bias)
     qkv, launches = qkv_projection_plan(x, weight, bias, num_heads, layout, _allow_tf32(x))
     _run(launches, x)
     return qkv
 
 
-def _qkv_projection_backward_impl(grad_qkv, x, weight, num_heads, layout):
+def _qkv_projection_backward_impl(grad_qkv: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                                  num_heads: int, layout: str
+                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dtype = _check_tensors(_PROJ_BWD, grad_qkv=grad_qkv, x=x, weight=weight)
     (grad_x, grad_w_parts, grad_b_parts), launches = qkv_projection_backward_plan(
         grad_qkv, x, weight, num_heads, layout, _allow_tf32(x), _sm_count(x.device))
@@ -344,14 +347,15 @@ def _attention_geometry(kernel, qkv):
     return n, h, s, head_dim
 
 
-def _attention_impl(qkv):
+def _attention_impl(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _check_tensors(_ATTN, qkv=qkv)
     (out, lse), launches = attention_plan(qkv, _allow_tf32(qkv))
     _run(launches, qkv)
     return out, lse
 
 
-def _attention_backward_impl(grad_out, qkv, out, lse):
+def _attention_backward_impl(grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor,
+                             lse: torch.Tensor) -> torch.Tensor:
     _check_tensors(_ATTN_BWD, grad_out=grad_out, qkv=qkv, out=out)
     grad_qkv, launches = attention_backward_plan(grad_out, qkv, out, lse, _allow_tf32(qkv))
     _run(launches, qkv)
@@ -396,7 +400,14 @@ def _define(name, impl, fake):
         op.register_fake(fake)
     else:
         # triton_op registers impl itself as the fake kernel (wrap_triton makes it traceable).
+        # torch 2.11's triton_op ignores schema= and infers it from impl's annotations, so
+        # those must spell the same schema (inference writes int as SymInt, which takes the
+        # same Python ints): checked here rather than found in a later call.
         op = torch.library.triton_op(qualname, impl, mutates_args=(), schema=schema)
+        registered = str(op._opoverload._schema)
+        if registered[registered.index("("):].replace("SymInt", "int") != schema:
+            raise RuntimeError(f"{qualname}: registered as {registered!r}, but csrc/ops.cpp says "
+                               f"{schema!r}; the annotations of {impl.__name__} disagree")
     return op
 
 

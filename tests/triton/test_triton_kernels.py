@@ -175,7 +175,7 @@ def test_bfloat16_gradients_on_gpu():
 
 
 @cuda_only
-def test_tf32_is_opt_in(monkeypatch):
+def test_tf32_is_opt_in(exact_fp32):
     """fp32 on a GPU is exact ("ieee") unless torch allows TF32 for fp32 matmuls, and then
     the kernels do use TF32 (10-bit mantissas: errors far above ieee's, within TF32's)."""
     x, weight, bias = projection_args("temporal", 2, 27, 136, 2, 7, requires_grad=False)
@@ -184,7 +184,7 @@ def test_tf32_is_opt_in(monkeypatch):
     expected_attention = reference_attention(qkv.double())
     errors = {}
     for allow in (False, True):
-        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow)
+        torch.backends.cuda.matmul.allow_tf32 = allow  # exact_fp32 restores it
         projection = tops().qkv_projection(x, weight, bias, 2, "temporal").double()
         attention = tops().attention(qkv).double()
         errors[allow] = ((projection - expected).abs().max().item(), (attention - expected_attention).abs().max().item())
