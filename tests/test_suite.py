@@ -108,6 +108,8 @@ EXPECTED_SKIPS = [
     ("tests/triton/test_triton_kernels.py::test_tf32_is_opt_in", "needs a CUDA device"),
     ("tests/test_deepmimic.py::test_converter_matches_pybullet_forward_kinematics_and_the_bundled_file",
      "needs pybullet"),
+    ("tests/test_cuda_graph.py::*cuda]", "needs a GPU and the cuda backend"),
+    ("tests/test_cuda_graph.py::*triton]", "needs a GPU and the triton backend"),
 ]
 # ... and where the build rule leaves the CUDA kernels out (no nvcc, or FORCE_CUDA=0).
 EXPECTED_SKIPS_WITHOUT_CUDA_BUILD = [
