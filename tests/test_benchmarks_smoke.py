@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -124,6 +125,33 @@ def test_bench_command_train_step(tmp_path, capsys, restore_threads):
     assert rows["torch"]["flops"] < rows["eager"]["flops"]
 
 
+@pytest.mark.parametrize("tf32", ["on", "off"])
+def test_bench_tf32_is_set_for_the_run_and_the_callers_switches_come_back(
+        tmp_path, capsys, restore_threads, monkeypatch, tf32):
+    from convformer_fast.perf import bench
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    caller = tf32 == "off"  # the opposite of what the run asks for
+    seen = []
+    real = bench._bench_preset
+
+    def spy(*args, **kwargs):  # what the switches are while the run times
+        seen.append((matmul.allow_tf32, cudnn.allow_tf32))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "_bench_preset", spy)
+    saved = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = caller
+    try:
+        code, report = _bench(tmp_path, "--backends", "eager", "--tf32", tf32)
+        after = matmul.allow_tf32, cudnn.allow_tf32
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved
+    assert code == 0, capsys.readouterr().out
+    assert seen == [(not caller, not caller)] and report["settings"]["tf32"] == tf32
+    assert after == (caller, caller)
+
+
 def _unavailable_backend():
     for name, info in cf.available_backends().items():
         if not info.available:
@@ -155,3 +183,33 @@ def test_threads_beyond_the_cores_warn_and_continue(capsys, restore_threads):
     perf_cli.set_threads(too_many)
     assert "warning" in capsys.readouterr().err
     assert torch.get_num_threads() == too_many
+
+
+@pytest.mark.skipif(not cf.extension_loaded(), reason="the cpu backend needs convformer_fast._C")
+def test_profile_cpu_charges_every_op_and_every_flop(tmp_path, capsys, restore_threads):
+    spec = importlib.util.spec_from_file_location("profile_cpu", ROOT / "benchmarks" / "profile_cpu.py")
+    profile_cpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_cpu)
+    assert profile_cpu.op_row("convformer_fast::attention") == profile_cpu.op_row("convformer_fast.attention")
+    assert profile_cpu.op_row("aten::layer_norm") == profile_cpu.OTHER
+    # the ATen calls inside a fused op are its time, not rows of their own
+    ffn = SimpleNamespace(name="convformer_fast::feed_forward_residual", cpu_parent=None, cpu_time_total=300.0)
+    events = [ffn, SimpleNamespace(name="aten::mm", cpu_parent=ffn, cpu_time_total=200.0),
+              SimpleNamespace(name="aten::layer_norm", cpu_parent=None, cpu_time_total=100.0)]
+    seconds, calls = profile_cpu.charge_to_outermost(events * 2, calls=2)
+    assert seconds == {"feed_forward_residual": pytest.approx(3e-4), profile_cpu.OTHER: pytest.approx(1e-4)}
+    assert calls == {"feed_forward_residual": 1, profile_cpu.OTHER: 1}
+    path = tmp_path / "profile.json"
+    assert profile_cpu.main(["--preset", "h36m-9", "--batch", "2", "--threads", "1", "--calls", "2",
+                             "--matmul-size", "64", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    rows = {r["op"]: r for r in report["rows"]}
+    blocks = sum(isinstance(m, cf.ConvFormerBlockFast)
+                 for m in cf.ConvFormerFast.from_preset("h36m-9", backend="cpu").modules())
+    # inference on the cpu backend: every block's feed-forward half is one fused op
+    assert rows["feed_forward_residual"]["calls"] == blocks
+    assert {"qkv_projection", "attention", "spatial_attention_residual"} <= set(rows)
+    assert sum(r["gflop"] for r in rows.values()) * 1e9 == pytest.approx(report["flops"])
+    assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)
+    assert all(r["ms"] > 0 for r in rows.values())
+    assert "| feed_forward_residual |" in capsys.readouterr().out

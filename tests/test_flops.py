@@ -221,3 +221,15 @@ def test_flops_command_bad_input_is_one_line_and_exit_code_2(capsys, argv, liste
     assert cli.main(["flops", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "available:" in err and listed in err
+
+
+def test_flops_command_without_fvcore_is_one_line_and_exit_code_2(capsys, monkeypatch):
+    # As on the GPU machines: fvcore cannot be imported (None in sys.modules blocks it).
+    monkeypatch.setitem(__import__("sys").modules, "fvcore", None)
+    assert not flops.fvcore_installed()
+    assert cli.main(["flops", "--preset", "h36m-9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install fvcore" in err
+    model = cf.ConvFormer.from_preset("h36m-9").eval()
+    with pytest.raises(ImportError, match="pip install fvcore"):
+        flops.count_flops(model, flops.model_inputs(model))

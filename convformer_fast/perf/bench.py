@@ -210,6 +210,8 @@ def run_bench(settings: BenchSettings) -> dict:
     from tqdm import tqdm
 
     threads = torch.get_num_threads()
+    # The TF32 switches are process-wide: set them for the run and give the caller's back.
+    saved_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     if settings.tf32 != "default":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = settings.tf32 == "on"
     report = dict(machine=machine_info(threads), settings=_settings_dict(settings),
@@ -228,6 +230,7 @@ def run_bench(settings: BenchSettings) -> dict:
             report["matmul"].append(matmul)
     finally:
         bar.close()
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved_tf32
     _add_ratios(report)
     return report
 

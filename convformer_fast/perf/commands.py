@@ -232,6 +232,9 @@ def cmd_flops(args) -> int:
         if gpu not in R.GPU_SPECS:
             raise UsageError(f"unknown GPU {gpu!r}; available: {', '.join(R.GPU_SPECS)}")
     check_writable(args.json, "--json")
+    if not F.fvcore_installed():
+        raise UsageError("flops counts with fvcore, which is not installed here; expected "
+                         "`pip install fvcore` (bench counts FLOPs without it)")
     out: dict = dict(convention="paper: one multiply-add = 2 FLOPs; elementwise ops and "
                                 "normalisation not counted", backend=backend, presets={})
     incomplete = False

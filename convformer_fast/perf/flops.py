@@ -194,15 +194,22 @@ def _tally_handle(name: str, calls: dict[str, int] | None):
     return handle
 
 
+def fvcore_installed() -> bool:
+    """Whether fvcore can be imported (``flops`` needs it; ``bench`` does not)."""
+    import importlib.util
+
+    return importlib.util.find_spec("fvcore") is not None
+
+
 def fvcore_analysis(model: nn.Module, inputs, norm_calls: dict[str, int] | None = None):
     """fvcore ``FlopCountAnalysis`` of ``model(*inputs)`` with the registry's handles.
 
     Normalisation layers count nothing (fvcore's own estimate, 5 per element, is not a
     multiply-add count); their calls are tallied in ``norm_calls`` if given."""
-    try:
-        from fvcore.nn import FlopCountAnalysis
-    except ImportError as error:  # pragma: no cover - fvcore is in requirements.txt
-        raise RuntimeError("count_flops needs fvcore: pip install fvcore") from error
+    if not fvcore_installed():  # fvcore is in requirements.txt, not on the GPU machines
+        raise ImportError("count_flops needs fvcore, which is not installed: pip install fvcore")
+    from fvcore.nn import FlopCountAnalysis
+
     analysis = FlopCountAnalysis(model, inputs)
     for name, formula in FLOP_FORMULAS.items():
         analysis.set_op_handle(name, _fvcore_handle(formula))
