@@ -37,12 +37,15 @@ class DMHCSAFast(DMHCSA):
         state["_fold_cache"] = None  # derived data: never pickled or deep-copied
         return state
 
-    def _fold_key(self) -> tuple:
+    def _fold_key(self) -> tuple | None:
         # Parameter versions bump on every in-place update (optimizer steps, load_state_dict,
-        # .copy_()), data pointers change on .to() / re-assignment.
-        return tuple(
-            (p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters(recurse=True)
-        )
+        # .copy_()), data pointers change on .to() / re-assignment. Inference tensors (a model
+        # built or loaded inside torch.inference_mode()) have no version counter, so an
+        # in-place update could not be seen: their fold is not cached (None).
+        params = list(self.parameters(recurse=True))
+        if any(p.is_inference() for p in params):
+            return None
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
 
     def folded_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The folded Q/K/V convolution (weight (3C, C, k_max), bias (3C,)).
@@ -54,6 +57,8 @@ class DMHCSAFast(DMHCSA):
         if not self._caches_fold():
             return fold_qkv(self.conv_groups(), self.aggregation_weights())
         key = self._fold_key()  # taken before reading the weights: a racing update misses
+        if key is None:
+            return fold_qkv(self.conv_groups(), self.aggregation_weights())
         cached = self._fold_cache
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]

@@ -158,6 +158,21 @@ def test_fold_cache_reused_and_invalidated():
     assert_close(updated, reference(x), FORWARD_TOL[torch.float32], "after update")
 
 
+def test_a_layer_built_inside_inference_mode_runs_and_sees_updates():
+    # Inference tensors have no version counter: the fold cannot be cached for them.
+    x = torch.randn(2, 5, 12)
+    with torch.inference_mode():
+        layer = randomize(DMHCSAFast("temporal", 5, 12, (3, 5), 3, backend="torch")).eval()
+        first = layer(x)
+        layer.query_convs[0].weight.add_(1.0)
+        updated = layer(x)
+    assert layer._fold_cache is None
+    reference = DMHCSA("temporal", 5, 12, (3, 5), 3).eval()
+    reference.load_state_dict({k: v.clone() for k, v in layer.state_dict().items()})
+    assert not torch.allclose(first, updated)
+    assert_close(updated, reference(x), FORWARD_TOL[torch.float32], "built in inference_mode")
+
+
 def test_no_cache_when_grad_enabled():
     layer = DMHCSAFast("spatial", 17, 8, (3,), 2, backend="torch").eval()
     layer(torch.randn(1, 17, 8)).sum().backward()
