@@ -72,9 +72,12 @@ install_torch() {
     # isolated build that cannot see torch; current pip builds editables through PEP 660.
     PIP_CONFIG_FILE=/dev/null "$VENV/bin/python" -m pip install -q -U pip || return 1
     # The test tools are those the GPU machines have; fvcore and expecttest deliberately not.
+    # The [deploy] extra too (the GPU machines have onnx and onnxruntime, not openvino), since
+    # tests/test_export.py needs all of it to be collected.
     PIP_CONFIG_FILE=/dev/null "$VENV/bin/python" -m pip install -q ${COMPAT_PIP_ARGS:-} \
         "torch==$TORCH_VERSION" "numpy>=1.24" "ninja>=1.11" "tqdm>=4.60" "matplotlib>=3.7" \
-        "pytest>=8" "hypothesis>=6.100" "pytest-benchmark>=4" setuptools wheel || return 1
+        "pytest>=8" "hypothesis>=6.100" "pytest-benchmark>=4" setuptools wheel \
+        "onnx>=1.23" "onnxscript>=0.7" "onnxruntime>=1.32" "openvino>=2026.4" || return 1
     "$VENV/bin/python" - <<'EOF'
 import importlib.util, sys
 present = [m for m in ("fvcore", "expecttest") if importlib.util.find_spec(m)]
