@@ -114,6 +114,8 @@ SHAPES = [
     ("temporal", 2, 9, 68, 1, 5),
     ("temporal", 1, 7, 34, 2, 9),
     ("spatial", 2, 5, 4, 1, 11),
+    ("temporal", 3, 27, 60, 4, 7),  # 15 joints x 4, odd T, more samples than threads
+    ("temporal", 2, 3, 4, 2, 7),  # the kernel longer than the features: taps off both ends
 ]
 
 

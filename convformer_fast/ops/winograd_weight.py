@@ -18,7 +18,10 @@ from .spec import CPU, OpCall, OpSpec, Sample, library_op, non_differentiable
 # oneDNN's convolution, F(4, 7) ran 1.5-1.8x faster at T = 243 (batch 1), 1.05-1.3x at T = 81
 # (batch 16; 1.25x at batch 4) over several alternating runs on a 2-core AVX2 EPYC, but 1.3x
 # slower at T = 27 and 1.6x slower at T = 9 (batch 256): shorter windows stay on the direct
-# convolution. alpha is capped by the library (numerical error).
+# convolution, now one im2col GEMM per sample, which on a 2-core AVX-512 Xeon (2026-12-06,
+# alternating calls) beat Winograd up to T = 43 (9.2 ms against 11.2 at batch 64) and lost
+# from T = 81 (8.1 against 7.5 ms at batch 16; 4.5 against 2.5 ms at T = 243).
+# alpha is capped by the library (numerical error).
 WINOGRAD_MIN_CHANNELS = 64
 
 
