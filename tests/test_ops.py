@@ -116,6 +116,14 @@ def test_winograd_opcheck():
     torch.library.opcheck(torch.ops.convformer_fast.qkv_projection.default, args)
 
 
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[0] == "temporal"], ids=str)
+def test_temporal_gemm_projection_opcheck(shape):
+    # The registry's opcheck takes the first samples (spatial); this is the temporal layout
+    # without a Winograd weight: csrc/cpu/temporal_projection.cpp on the CPU.
+    x, weight, bias, heads, layout = make_args(*shape, requires_grad=True)
+    torch.library.opcheck(torch.ops.convformer_fast.qkv_projection.default, (x, weight, bias, heads, layout, None))
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda w, t: ops.winograd_weight(w, 0), "winograd_weight: Winograd tile=0"),
     (lambda w, t: ops.winograd_weight(w, 5), "needs 11 points"),

@@ -273,7 +273,17 @@ def _checked_weights(path: str, weights: dict) -> dict:
         if not torch.isfinite(value).all():
             raise CheckpointError(f"{path}: weight {key!r} holds NaN or infinite values (a diverged "
                                   "training run?); expected finite weights")
+        largest = value.abs().max().item() if value.numel() else 0.0
+        if largest > MAX_WEIGHT_MAGNITUDE:
+            raise CheckpointError(f"{path}: weight {key!r} holds a value of magnitude {largest:.3g}; "
+                                  f"expected at most {MAX_WEIGHT_MAGNITUDE:.0e} (beyond that the model's "
+                                  "float32 arithmetic overflows: a damaged or diverged checkpoint)")
     return weights
+
+
+# A LayerNorm squares its inputs: activations beyond ~1e19 overflow float32 (3.4e38), and a
+# weight of 1e15 gets there after a few layers. Trained ConvFormer weights stay below ~1e2.
+MAX_WEIGHT_MAGNITUDE = 1e15
 
 
 _BLOCK_KEY = re.compile(r"^(spatial|temporal)_blocks\.(\d+)\.")
