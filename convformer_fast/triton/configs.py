@@ -164,8 +164,53 @@ _ATTN_ALLOWED = {
 
 def _attention_allowed(kernel: str):
     def allowed(path: str, kwargs: dict) -> set[str]:
-        return _ATTN_ALLOWED[kernel][(_SETS_OF.get(path, path), "narrow" if kwargs["BLOCK_D"] <= 16 else "wide")]
+        return _ATTN_ALLOWED[kernel][(_SETS_OF.get(path, path), _head_dim_class(kwargs["BLOCK_D"]))]
     return allowed
+
+
+def _head_dim_class(block_d: int) -> str:
+    return "narrow" if block_d <= 16 else "wide"
+
+
+# The sets above hold under triton 3.8. Each Triton release bundles its own ptxas, which
+# allocates registers differently: these shapes compile with spills under the release named
+# (`convformer-fast kernels --quick` in tools/compat.sh's venvs, 2026-12-05: 4 to 536 bytes,
+# on sm_80 or sm_90 or both) and are dropped there, on both GPUs. Keyed by kernel, then
+# (arithmetic set, head-dim class; None for the GEMMs). A release not listed uses the sets
+# as they are; the audit in CI (tests/test_audit.py) and tools/compat.sh say whether it may.
+SPILLS_BY_TRITON_RELEASE: dict[str, dict[str, dict[tuple[str, str | None], set[str]]]] = {
+    "3.6": {  # the GPU machines' Triton
+        "qkv_projection_fwd_kernel": {("fp32", None): {"64x32x16 w4 s3"}},
+        "qkv_projection_grad_input_kernel": {("fp16/bf16", None): {"64x128x32 w4 s3"},
+                                             ("fp32", None): {"32x64x16 w4 s3"}},
+        "attention_fwd_kernel": {("fp16/bf16", "wide"): {"64x32 w4 s2", "32x32 w2 s2", "16x16 w1 s1"},
+                                 ("fp32", "wide"): {"16x16 w4 s1"}},
+        "attention_bwd_dkdv_kernel": {("fp16/bf16", "narrow"): {"128x64 w8 s3", "64x64 w4 s3"},
+                                      ("fp16/bf16", "wide"): {"32x16 w4 s2"},
+                                      ("fp32", "wide"): {"32x32 w8 s2"}},
+        "attention_bwd_dq_kernel": {("fp32", "wide"): {"32x32 w8 s2"}},
+    },
+    "3.9": {  # torch 2.15's
+        "qkv_projection_grad_input_kernel": {("fp32", None): {"32x64x16 w4 s3", "32x32x16 w2 s3"}},
+        "attention_fwd_kernel": {("fp16/bf16", "wide"): {"64x32 w4 s2", "32x32 w2 s2"}},
+        "attention_bwd_dkdv_kernel": {("fp16/bf16", "narrow"): {"16x16 w1 s1"},
+                                      ("fp32", "narrow"): {"64x32 w4 s2", "32x32 w2 s2"},
+                                      ("fp16/bf16", "wide"): {"16x16 w4 s1", "32x16 w4 s2"},
+                                      ("fp32", "wide"): {"16x16 w4 s1"}},
+        "attention_bwd_dq_kernel": {("fp16/bf16", "narrow"): {"128x64 w8 s3", "64x32 w8 s2", "32x32 w8 s2"}},
+    },
+}
+TRITON_RELEASE = ".".join(triton.__version__.split(".")[:2])
+
+
+def _without_spills(kernel: str, allowed: Callable[[str, dict], set[str]], release: str = TRITON_RELEASE):
+    """``allowed`` less the shapes that spill under Triton ``release``."""
+    spills = SPILLS_BY_TRITON_RELEASE.get(release, {}).get(kernel, {})
+
+    def allowed_here(path: str, kwargs: dict) -> set[str]:
+        head_class = _head_dim_class(kwargs["BLOCK_D"]) if kernel.startswith("attention") else None
+        return allowed(path, kwargs) - spills.get((_SETS_OF.get(path, path), head_class), set())
+    return allowed_here
 
 
 def preprocess_block_rows(block_d: int, interpreted: bool = INTERPRETED) -> int:
@@ -178,7 +223,7 @@ def preprocess_block_rows(block_d: int, interpreted: bool = INTERPRETED) -> int:
 # holds whatever mode the kernels run in: the autotuners below prune with it on a GPU, and
 # the tests force each configuration it names under the interpreter
 # (tests/triton/test_triton_configs.py), where the autotuners hold one fixed configuration.
-AUTOTUNED: dict[str, tuple[list[dict], Callable[[str, dict], set[str]]]] = {
+_AUDITED_UNDER_TRITON_3_8 = {
     "qkv_projection_fwd_kernel": (_GEMM_GPU, _gemm_allowed("fwd")),
     "qkv_projection_grad_input_kernel": (_GEMM_GPU, _gemm_allowed("grad_input")),
     "qkv_projection_grad_weight_kernel": (_GEMM_GPU, _gemm_allowed("grad_weight")),
@@ -186,6 +231,9 @@ AUTOTUNED: dict[str, tuple[list[dict], Callable[[str, dict], set[str]]]] = {
     "attention_bwd_dkdv_kernel": (_ATTN_GPU, _attention_allowed("dkdv")),
     "attention_bwd_dq_kernel": (_ATTN_GPU, _attention_allowed("dq")),
 }
+AUTOTUNED: dict[str, tuple[list[dict], Callable[[str, dict], set[str]]]] = {
+    kernel: (shapes, _without_spills(kernel, allowed))
+    for kernel, (shapes, allowed) in _AUDITED_UNDER_TRITON_3_8.items()}
 ARITHMETIC_PATHS = ("fp16/bf16", "tf32", "fp32", "fp64")
 #: A BLOCK_D of each head-dim class of the attention kernels' pruning (<= 16, above 16).
 HEAD_DIM_CLASSES = {"narrow": 16, "wide": 128}

@@ -300,3 +300,22 @@ def test_every_kernel_path_and_class_has_configurations():
             for path in CONFIGS.ARITHMETIC_PATHS:
                 assert (kernel, cls, path) in seen, (kernel, cls, path)
     assert {c.kernel for c in ALL_CASES} == set(GEMM_KERNELS + ATTENTION_KERNELS)
+
+
+@pytest.mark.parametrize("release", sorted(CONFIGS.SPILLS_BY_TRITON_RELEASE))
+def test_each_triton_releases_spill_list_drops_allowed_shapes_and_leaves_some(release):
+    """Every shape a release's spill list names is one the triton 3.8 pruning allows for that
+    kernel, set and class (a renamed or mistyped entry would silently drop nothing), and
+    what remains under that release is never empty (an autotuner with nothing left fails)."""
+    for kernel, spills in CONFIGS.SPILLS_BY_TRITON_RELEASE[release].items():
+        shapes, allowed_under_3_8 = CONFIGS._AUDITED_UNDER_TRITON_3_8[kernel]
+        without = CONFIGS._without_spills(kernel, allowed_under_3_8, release)
+        for (arithmetic_set, head_class), names in spills.items():
+            path = "fp32" if arithmetic_set == "fp32" else "fp16/bf16"
+            kwargs = {"BLOCK_D": CONFIGS.HEAD_DIM_CLASSES[head_class] if head_class else None}
+            before = allowed_under_3_8(path, kwargs)
+            assert names <= before, (release, kernel, arithmetic_set, head_class, names - before)
+            assert without(path, kwargs) == before - names
+        for path in CONFIGS.ARITHMETIC_PATHS:
+            for block_d in (CONFIGS.HEAD_DIM_CLASSES.values() if kernel.startswith("attention") else [None]):
+                assert without(path, {"BLOCK_D": block_d}), (release, kernel, path, block_d)
