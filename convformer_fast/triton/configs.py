@@ -172,8 +172,8 @@ def _head_dim_class(block_d: int) -> str:
     return "narrow" if block_d <= 16 else "wide"
 
 
-# The sets above hold under triton 3.8. Each Triton release bundles its own ptxas, which
-# allocates registers differently: these shapes compile with spills under the release named
+# The sets above hold under triton 3.8. Each Triton release generates its own PTX (and 3.6
+# bundles an older ptxas), so registers run out elsewhere: these shapes spill under the release named
 # (`convformer-fast kernels --quick` in tools/compat.sh's venvs, 2026-12-05: 4 to 536 bytes,
 # on sm_80 or sm_90 or both) and are dropped there, on both GPUs. Keyed by kernel, then
 # (arithmetic set, head-dim class; None for the GEMMs). A release not listed uses the sets
