@@ -43,9 +43,9 @@ def _flops(call: OpCall) -> int:
 
 
 # (shape of x, hidden). On 2 threads the CPU kernel runs 20 x 17 x 8 and 300 x 17 x 32 rows
-# as one chunk per thread, 701 x 24 (hidden 1088: 256-row chunks) as four chunks of 176 rows,
-# two per thread and the last one partial, and the others as one whole tensor.
-SHAPES = [((20, 17, 8), 16), ((1, 9, 34), 68), ((3, 5), 7), ((300, 17, 32), 64), ((701, 24), 1088)]
+# as one chunk per thread, 8199 x 8 (4096-row chunks at hidden 64) as four chunks of 2050
+# rows, two per thread and the last one partial, and the others as one whole tensor.
+SHAPES = [((20, 17, 8), 16), ((1, 9, 34), 68), ((3, 5), 7), ((300, 17, 32), 64), ((8199, 8), 64)]
 
 
 def make_args(shape, hidden, dtype=torch.float32):

@@ -1,13 +1,13 @@
 // convformer_fast::feed_forward_residual on the CPU: the second half of a ConvFormer block,
 //   out = x + W2 GELU(W1 LN(x) + b1) + b2        (paper eq. 8, MLP ratio r: W1 is rD x D)
-// for inference. Rows are processed in chunks small enough that a chunk's normalised input,
-// its hidden activations (r times wider than x) and its output stay in the core's L2 cache
-// between the steps: LN, GEMM (BLAS, single-threaded inside the worker), exact GELU, GEMM
-// into a buffer pre-filled with x + b2. Unfused, every step is a separate pass over memory
-// and the hidden activations make a round trip to DRAM. Measured on 2 cores against the
-// ATen ops (LayerNorm, linear, GELU, linear, add), 2026-12-06: 1.0x for a spatial layer
-// (16 x 81 x 17 rows of 32), 1.27x for a temporal layer of 16 x 81 frames (rows of 544),
-// 1.0x for one of 243 frames.
+// for inference. Rows are processed in chunks, each chunk's steps in one worker: LN, GEMM
+// (BLAS, single-threaded inside the worker), exact GELU, GEMM into a buffer pre-filled with
+// x + b2, so that a chunk's normalised input, hidden activations (r times wider than x) and
+// output stay in the worker's caches between the steps instead of each step being a pass over
+// memory. Measured on 2 cores against the ATen ops (LayerNorm, linear, GELU, linear, add),
+// 2026-12-06: 1.0x for a spatial layer (16 x 81 x 17 rows of 32), 1.27x for a temporal layer
+// of 16 x 81 frames (rows of 544), 1.0x for one of 243 frames (with 256-row chunks; the chunk
+// size is below).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -45,14 +45,14 @@ void gelu_inplace_best(T* data, int64_t n) {
   baseline::gelu_inplace(data, n);
 }
 
-// Rows per chunk: as many as keep a chunk's hidden activations near 1 MiB, so that they stay
-// in L2 between the steps (a temporal layer's 256 x 1088) while a narrow layer's chunk is
-// long enough to amortise the per-call cost of its two BLAS calls (a spatial layer's
-// 4096 x 64).
-// With 256 rows whatever the width, a spatial layer's FFN ran at 0.82-0.87x the unfused ATen
-// ops (2 threads, 4131 to 39168 rows of 32 -> 64 -> 32); with 4096, 1.0x, and 1.09-1.18x
-// faster than with 256. A temporal layer's chunk stays 256 rows.
-constexpr int64_t kChunkHiddenBytes = int64_t(1) << 20;
+// Rows per chunk: about 4 MiB of hidden activations, 256 to 4096 rows. Short chunks keep the
+// hidden activations in L2 between the steps, long ones amortise the two BLAS calls' per-call
+// cost and their packing of the weights; on this machine (2 MiB of L2 per core, a large L3)
+// long won. Measured on 2 threads against 256 rows for every width (2026-12-06): a spatial
+// layer's FFN (4131 to 39168 rows of 32 -> 64 -> 32) 1.09-1.18x faster, which took it from
+// 0.82-0.87x the unfused ATen ops to 1.0x; a temporal layer's (1296 to 2304 rows of
+// 544 -> 1088 -> 544, 1728 of 480 -> 960) 1.03-1.07x.
+constexpr int64_t kChunkHiddenBytes = int64_t(4) << 20;
 constexpr int64_t kFewestChunkRows = 256, kMostChunkRows = 4096;
 
 template <typename T>
