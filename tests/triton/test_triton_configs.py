@@ -308,7 +308,7 @@ def test_each_triton_releases_spill_list_drops_allowed_shapes_and_leaves_some(re
     kernel, set and class (a renamed or mistyped entry would silently drop nothing), and
     what remains under that release is never empty (an autotuner with nothing left fails)."""
     for kernel, spills in CONFIGS.SPILLS_BY_TRITON_RELEASE[release].items():
-        shapes, allowed_under_3_8 = CONFIGS._AUDITED_UNDER_TRITON_3_8[kernel]
+        _, allowed_under_3_8 = CONFIGS._AUDITED_UNDER_TRITON_3_8[kernel]
         without = CONFIGS._without_spills(kernel, allowed_under_3_8, release)
         for (arithmetic_set, head_class), names in spills.items():
             path = "fp32" if arithmetic_set == "fp32" else "fp16/bf16"
@@ -317,5 +317,5 @@ def test_each_triton_releases_spill_list_drops_allowed_shapes_and_leaves_some(re
             assert names <= before, (release, kernel, arithmetic_set, head_class, names - before)
             assert without(path, kwargs) == before - names
         for path in CONFIGS.ARITHMETIC_PATHS:
-            for block_d in (CONFIGS.HEAD_DIM_CLASSES.values() if kernel.startswith("attention") else [None]):
+            for block_d in (CONFIGS.HEAD_DIM_CLASSES.values() if kernel in ATTENTION_KERNELS else [None]):
                 assert without(path, {"BLOCK_D": block_d}), (release, kernel, path, block_d)
